@@ -1,0 +1,269 @@
+"""The index on disk: immutable generations (Chroma + BM25 + sidecars) behind an atomic CURRENT pointer."""
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import IndexDamaged, IndexMissing, IngestBusy
+from app.settings import Settings
+
+FORMAT = 1
+_GENERATION = re.compile(r"^gen-(\d{6})$")
+
+
+@dataclass
+class Document:
+    """A document as indexed: metadata, cleaned text, sentence and chunk offsets."""
+
+    doc_id: str
+    path: str
+    hash: str
+    title: str
+    publisher: str
+    published: str
+    url: str
+    kind: str
+    text: str
+    removed_count: int
+    removed_sample: list[str]
+    sentences: list[tuple[int, int]]
+    # (chunk_id, start, end, first sentence, sentence count)
+    chunks: list[tuple[str, int, int, int, int]]
+    sentence_terms: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        """The publisher, or the file the text came from when the document names none."""
+        return self.publisher or self.path
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for docs.json."""
+        return dict(self.__dict__)
+
+
+def chroma_client(settings: Settings, generation: Path) -> Any:
+    """A Chroma client: the server at CITEQA_CHROMA_URL, or an embedded store inside the generation."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    if settings.chroma_url:
+        from urllib.parse import urlparse
+
+        url = urlparse(settings.chroma_url)
+        return chromadb.HttpClient(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 8000,
+            ssl=url.scheme == "https",
+            settings=chroma_settings,
+        )
+    return chromadb.PersistentClient(path=str(generation / "chroma"), settings=chroma_settings)
+
+
+def collection_name(generation: Path) -> str:
+    """One collection per generation, so a server can hold several generations at once."""
+    return f"citeqa-{generation.name}"
+
+
+class Snapshot:
+    """One published generation, opened read-only; requests hold a reference for their whole life."""
+
+    def __init__(self, settings: Settings, generation: Path) -> None:
+        self.generation = generation
+        try:
+            info = json.loads((generation / "generation.json").read_text())
+            if info.get("format") != FORMAT:
+                raise IndexDamaged(f"index format {info.get('format')} is not {FORMAT}; run `citeqa ingest --rebuild`")
+            raw = json.loads((generation / "docs.json").read_text())
+            self.vectors = np.load(generation / "sentences.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexDamaged(
+                f"the index at {generation} cannot be read ({exc.__class__.__name__}); "
+                "run `citeqa ingest --rebuild`"
+            ) from exc
+        self.info = info
+        self.docs: dict[str, Document] = {}
+        starts, ends, sent_doc = [], [], []
+        chunk_doc, chunk_first, chunk_count, chunk_start, chunk_end = [], [], [], [], []
+        self.chunk_ids: list[str] = []
+        self.sentence_terms: list[list[str]] = []
+        for d, item in enumerate(raw):
+            doc = Document(**{**item, "sentences": [tuple(s) for s in item["sentences"]],
+                              "chunks": [tuple(c) for c in item["chunks"]]})
+            self.docs[doc.doc_id] = doc
+            base = len(starts)
+            for s, e in doc.sentences:
+                starts.append(s)
+                ends.append(e)
+                sent_doc.append(d)
+            self.sentence_terms.extend(t.split() for t in doc.sentence_terms)
+            for cid, s, e, first, count in doc.chunks:
+                self.chunk_ids.append(cid)
+                chunk_doc.append(d)
+                chunk_first.append(base + first)
+                chunk_count.append(count)
+                chunk_start.append(s)
+                chunk_end.append(e)
+        self.doc_list = list(self.docs.values())
+        self.sent_start = np.array(starts, dtype=np.int64)
+        self.sent_end = np.array(ends, dtype=np.int64)
+        self.sent_doc = np.array(sent_doc, dtype=np.int64)
+        self.chunk_doc = np.array(chunk_doc, dtype=np.int64)
+        self.chunk_first = np.array(chunk_first, dtype=np.int64)
+        self.chunk_count = np.array(chunk_count, dtype=np.int64)
+        self.chunk_start = np.array(chunk_start, dtype=np.int64)
+        self.chunk_end = np.array(chunk_end, dtype=np.int64)
+        self.chunk_pos = {cid: i for i, cid in enumerate(self.chunk_ids)}
+        if self.vectors.shape[0] != len(starts):
+            raise IndexDamaged(f"the index at {generation} is inconsistent; run `citeqa ingest --rebuild`")
+        self.idf: dict[str, float] = info.get("idf", {})
+        self._settings = settings
+        self._collection: Any = None
+        self._bm25: Any = None
+        self.open_searchers()
+
+    def open_searchers(self) -> None:
+        """Open the Chroma collection and the BM25 index."""
+        import bm25s
+
+        try:
+            if self.chunk_ids:
+                client = chroma_client(self._settings, self.generation)
+                self._collection = client.get_collection(collection_name(self.generation), embedding_function=None)
+                self._bm25 = bm25s.BM25.load(str(self.generation / "bm25"), mmap=False)
+        except Exception as exc:  # chromadb and bm25s raise many types for missing or damaged files
+            raise IndexDamaged(
+                f"the index at {self.generation} cannot be opened ({exc.__class__.__name__}: {exc}); "
+                "run `citeqa ingest --rebuild`"
+            ) from exc
+
+    @property
+    def n_chunks(self) -> int:
+        """How many chunks are indexed."""
+        return len(self.chunk_ids)
+
+    def dense(self, query_vector: np.ndarray, n: int) -> list[tuple[int, float]]:
+        """Nearest chunks by cosine similarity: (chunk position, similarity)."""
+        if not self.chunk_ids:
+            return []
+        found = self._collection.query(
+            query_embeddings=[query_vector.tolist()], n_results=min(n, self.n_chunks), include=["distances"]
+        )
+        return [
+            (self.chunk_pos[cid], 1.0 - float(dist))
+            for cid, dist in zip(found["ids"][0], found["distances"][0], strict=True)
+            if cid in self.chunk_pos
+        ]
+
+    def lexical(self, query_terms: list[str], n: int) -> list[tuple[int, float]]:
+        """Best chunks by BM25: (chunk position, score); only chunks sharing a term with the query."""
+        known = [t for t in query_terms if t in self.idf]
+        if not self.chunk_ids or not known:
+            return []
+        ids, scores = self._bm25.retrieve([known], k=min(n, self.n_chunks), show_progress=False, n_threads=1)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
+
+
+class Store:
+    """The index folder: generations, the CURRENT pointer and the ingest lock."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home
+
+    @property
+    def pointer(self) -> Path:
+        """The file naming the live generation."""
+        return self.home / "CURRENT"
+
+    def current(self) -> Path | None:
+        """The live generation's folder, or None before the first ingest."""
+        try:
+            name = self.pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not _GENERATION.match(name):
+            raise IndexDamaged(f"{self.pointer} is damaged; run `citeqa ingest --rebuild`")
+        return self.home / name
+
+    def version(self) -> tuple[int, int]:
+        """A cheap fingerprint of the pointer, to notice another process publishing."""
+        try:
+            st = self.pointer.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_ino)
+
+    def open(self) -> Snapshot:
+        """Open the live generation."""
+        generation = self.current()
+        if generation is None:
+            raise IndexMissing(f"no index in {self.home}; run `citeqa ingest` first")
+        if not generation.is_dir():
+            raise IndexDamaged(f"{generation} is missing; run `citeqa ingest --rebuild`")
+        return Snapshot(self.settings, generation)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the ingest lock; a second ingest fails at once rather than interleaving."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "ingest.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise IngestBusy("another ingest is running on this index") from exc
+            yield
+
+    def new_generation(self) -> Path:
+        """Create an empty folder for the next generation."""
+        numbers = [int(m.group(1)) for p in self.home.iterdir() if (m := _GENERATION.match(p.name))]
+        generation = self.home / f"gen-{max(numbers, default=0) + 1:06d}"
+        generation.mkdir()
+        return generation
+
+    def publish(self, generation: Path) -> None:
+        """Make a fully written generation live in one atomic rename."""
+        tmp = self.home / "CURRENT.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(generation.name + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.pointer)
+        dir_fd = os.open(self.home, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def prune(self, keep: int = 2) -> None:
+        """Delete all but the newest `keep` published generations, and any a crashed ingest left behind."""
+        live = self.current()
+        if live is None:
+            return
+        generations = sorted(p for p in self.home.iterdir() if _GENERATION.match(p.name))
+        older = [g for g in generations if g.name < live.name]
+        # The previous generation stays: a server may still be finishing requests on it.
+        doomed = older[: max(0, len(older) - (keep - 1))]
+        # Folders newer than the live one belong to a crashed ingest (the lock is held, so none is running).
+        doomed += [g for g in generations if g.name > live.name]
+        for generation in doomed:
+            self.drop_collection(generation)
+            shutil.rmtree(generation, ignore_errors=True)
+
+    def drop_collection(self, generation: Path) -> None:
+        """Remove a generation's collection from a Chroma server (embedded stores go with the folder)."""
+        if not self.settings.chroma_url:
+            return
+        try:
+            chroma_client(self.settings, generation).delete_collection(collection_name(generation))
+        except Exception:  # already gone, or the server is down: the folder goes either way
+            pass

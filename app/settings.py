@@ -1,0 +1,41 @@
+"""Configuration: the one place that reads the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of citeqa, read from CITEQA_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CITEQA_", extra="ignore")
+
+    home: Path = Field(Path(".citeqa"), description="Folder holding the index generations.")
+    corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
+    admin_token: str = Field("", description="Bearer token that enables POST /ingest; empty disables it.")
+    chroma_url: str = Field("", description="http(s)://host:port of a Chroma server; empty uses the embedded store.")
+    api_url: str = Field("", description="Base URL of the API the UI talks to; empty means this server.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
+
+    # Limits on what a caller may send.
+    max_question_chars: int = 2000
+    max_top_k: int = 20
+    default_top_k: int = 5
+    max_history_turns: int = 20
+    max_body_bytes: int = 64 * 1024
+    max_file_bytes: int = 20 * 1024 * 1024
+
+    # Retrieval.
+    candidates: int = 40
+    rrf_k: int = 60
+    max_answer_sentences: int = 3
+    # Abstain when the best evidence scores below this; calibrated by `python -m evals.calibrate`.
+    abstain_threshold: float = 0.42
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings."""
+    return Settings()
