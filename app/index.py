@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 
 from app.errors import IndexDamaged, IndexMissing, IngestBusy
 from app.settings import Settings
+from app.split import terms
 
 FORMAT = 1
 _GENERATION = re.compile(r"^gen-(\d{6})$")
@@ -129,6 +131,7 @@ class Snapshot:
         self._settings = settings
         self._collection: Any = None
         self._bm25: Any = None
+        self._doc_terms: dict[int, set[str]] = {}
         self.open_searchers()
 
     def open_searchers(self) -> None:
@@ -145,6 +148,16 @@ class Snapshot:
                 f"the index at {self.generation} cannot be opened ({exc.__class__.__name__}: {exc}); "
                 "run `citeqa ingest --rebuild`"
             ) from exc
+
+    def doc_terms(self, d: int) -> set[str]:
+        """Every term of a document and its title, computed once per snapshot."""
+        if d not in self._doc_terms:
+            doc = self.doc_list[d]
+            found = set(terms(doc.title))
+            for line in doc.sentence_terms:
+                found.update(line.split())
+            self._doc_terms[d] = found
+        return self._doc_terms[d]
 
     @property
     def n_chunks(self) -> int:
@@ -267,3 +280,23 @@ class Store:
             chroma_client(self.settings, generation).delete_collection(collection_name(generation))
         except Exception:  # already gone, or the server is down: the folder goes either way
             pass
+
+
+class Live:
+    """The snapshot a server answers from; swapped whole when a new generation is published."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = Store(settings)
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._version: tuple[int, int] = (0, 0)
+
+    def get(self) -> Snapshot:
+        """The newest published snapshot; a request keeps the one it got, so it never sees a mix."""
+        version = self.store.version()
+        if self._snapshot is None or version != self._version:
+            with self._lock:
+                if self._snapshot is None or version != self._version:
+                    snapshot = self.store.open()
+                    self._snapshot, self._version = snapshot, version
+        return self._snapshot

@@ -49,6 +49,9 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
 def _append(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> None:
     while lo < hi and text[lo].isspace():
         lo += 1
+    # A list item's bullet is layout, not part of the quote.
+    if hi - lo > 2 and text[lo] in "-•*·–—" and text[lo + 1] == " ":
+        lo += 2
     while hi > lo and text[hi - 1].isspace():
         hi -= 1
     if hi > lo and any(ch.isalnum() for ch in text[lo:hi]):

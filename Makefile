@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else they need, they install.
+PY := .venv/bin/python
+CITEQA := .venv/bin/citeqa
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install browser run ingest test eval bench load lint format clean
+
+install: .venv/.installed
+
+# torch comes first and pinned: the CPU build on this machine's disk, not a multi-GB CUDA download.
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot run offline).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+ingest: install
+	$(CITEQA) ingest
+
+run: install ingest
+	$(CITEQA) serve --host $(HOST) --port $(PORT)
+
+test: install browser
+	$(PY) -m pytest -q
+	$(CITEQA) eval
+
+eval: install
+	$(CITEQA) eval
+
+bench: install
+	$(PY) -m bench.run
+
+load: install
+	$(PY) -m bench.load
+
+lint: install
+	.venv/bin/ruff check app ingest evals tests bench
+	.venv/bin/ruff format --check app ingest evals tests bench
+	.venv/bin/mypy app ingest evals
+
+format: install
+	.venv/bin/ruff check --fix app ingest evals tests bench
+	.venv/bin/ruff format app ingest evals tests bench
+
+clean:
+	rm -rf .citeqa evals/reports .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""Answers composed from verified evidence sentences, each followed by its citation marker."""
+
+import re
+import time
+from typing import Protocol
+
+from app.embed import Embedder
+from app.errors import BadInput, CitationInvalid
+from app.followup import standalone
+from app.index import Snapshot
+from app.retrieve import Evidence, Retrieval, retrieve
+from app.schemas import Answer, Citation, Message, Passage
+from app.settings import Settings
+
+ABSTAIN_TEXT = "The documents do not answer this question."
+CLOSEST_TEXT = "Closest material, which is not an answer:"
+# Two sentences sharing this share of their terms say the same thing (a news story quoting the letter).
+DUPLICATE_OVERLAP = 0.6
+# Further sentences join the answer only when nearly as strong as the best one.
+SUPPORT_RATIO = 0.9
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+class Answerer(Protocol):
+    """Turns retrieved evidence into an answer; the seam for an optional generative answerer."""
+
+    def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
+        """Return the answer text (with `[n]` markers), whether it abstains, and the cited evidence."""
+        ...
+
+
+class ExtractiveAnswerer:
+    """The default answerer: the best evidence sentences themselves, verbatim, in document order."""
+
+    def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
+        """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
+        best = found.sentences[0] if found.sentences else None
+        if best is None or best.score < settings.abstain_threshold or found.missing_entities:
+            closest = _distinct(snapshot, found.sentences, 3)
+            markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
+            text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
+            return text, True, closest
+        strong = [ev for ev in found.sentences if ev.score >= max(settings.abstain_threshold, SUPPORT_RATIO * best.score)]
+        chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
+        # Readable order: documents by their best sentence, sentences in the order the document has them.
+        doc_rank = {}
+        for ev in chosen:
+            doc_rank.setdefault(ev.doc, len(doc_rank))
+        chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
+        doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
+        parts = [f"{text[ev.start : ev.end]} [{i}]" for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)]
+        return " ".join(parts), False, chosen
+
+
+def _official(snapshot: Snapshot, ev: Evidence) -> bool:
+    doc = snapshot.doc_list[ev.doc]
+    return "official" in doc.kind.lower()
+
+
+def _distinct(snapshot: Snapshot, ranked: list[Evidence], limit: int) -> list[Evidence]:
+    """The best sentences with repeats merged, keeping the official document's wording of a shared fact."""
+    chosen: list[Evidence] = []
+    for ev in ranked:
+        words = set(snapshot.sentence_terms[ev.row])
+        twin = next((i for i, c in enumerate(chosen) if _overlap(words, set(snapshot.sentence_terms[c.row]))), None)
+        if twin is None:
+            if len(chosen) < limit:
+                chosen.append(ev)
+        elif _official(snapshot, ev) and not _official(snapshot, chosen[twin]):
+            chosen[twin] = ev
+    return chosen
+
+
+def _overlap(a: set[str], b: set[str]) -> bool:
+    return bool(a and b) and len(a & b) / min(len(a), len(b)) >= DUPLICATE_OVERLAP
+
+
+def citations(snapshot: Snapshot, evidence: list[Evidence]) -> list[Citation]:
+    """A citation per evidence sentence, numbered from 1."""
+    out = []
+    for n, ev in enumerate(evidence, 1):
+        doc = snapshot.doc_list[ev.doc]
+        out.append(
+            Citation(
+                n=n,
+                doc_id=doc.doc_id,
+                title=doc.title,
+                source=doc.source,
+                published=doc.published,
+                url=doc.url,
+                quote=doc.text[ev.start : ev.end],
+                start=ev.start,
+                end=ev.end,
+                score=round(ev.score, 4),
+            )
+        )
+    return out
+
+
+def check_citations(snapshot: Snapshot, answer: str, cited: list[Citation]) -> None:
+    """Refuse to send an answer whose markers and quotes do not line up with the documents exactly."""
+    used = {int(m) for m in _MARKER.findall(answer)}
+    numbers = {c.n for c in cited}
+    if used != numbers:
+        raise CitationInvalid(f"markers {sorted(used)} do not match citations {sorted(numbers)}")
+    for c in cited:
+        doc = snapshot.docs.get(c.doc_id)
+        if doc is None or doc.text[c.start : c.end] != c.quote or not c.quote.strip():
+            raise CitationInvalid(f"citation [{c.n}] does not quote {c.doc_id} at {c.start}:{c.end}")
+
+
+def validate_question(question: str, settings: Settings) -> str:
+    """The question stripped, or a clear error for an empty or oversized one."""
+    question = question.strip()
+    if not question:
+        raise BadInput("question is empty")
+    if len(question) > settings.max_question_chars:
+        raise BadInput(f"question is longer than {settings.max_question_chars} characters")
+    return question
+
+
+def ask(
+    snapshot: Snapshot,
+    embedder: Embedder,
+    question: str,
+    settings: Settings,
+    history: list[Message] | None = None,
+    top_k: int | None = None,
+    answerer: Answerer | None = None,
+) -> Answer:
+    """Answer a question from the snapshot, with checked citations."""
+    started = time.perf_counter()
+    question = validate_question(question, settings)
+    _top_k(top_k, settings)
+    query = standalone(question, (history or [])[-settings.max_history_turns :])
+    found = retrieve(snapshot, embedder, query, settings)
+    t = time.perf_counter()
+    text, abstained, evidence = (answerer or ExtractiveAnswerer()).compose(snapshot, found, settings)
+    cited = citations(snapshot, evidence)
+    check_citations(snapshot, text, cited)
+    timings = {**found.timings_ms, "compose": (time.perf_counter() - t) * 1000}
+    timings["total"] = (time.perf_counter() - started) * 1000
+    return Answer(answer=text, abstained=abstained, citations=cited, query=query, timings_ms=timings)
+
+
+def passages(snapshot: Snapshot, embedder: Embedder, question: str, settings: Settings, top_k: int | None) -> list[Passage]:
+    """The best chunks for a question, best first."""
+    question = validate_question(question, settings)
+    k = _top_k(top_k, settings)
+    found = retrieve(snapshot, embedder, question, settings)
+    out = []
+    for pos, score in found.chunks[:k]:
+        doc = snapshot.doc_list[int(snapshot.chunk_doc[pos])]
+        start, end = int(snapshot.chunk_start[pos]), int(snapshot.chunk_end[pos])
+        out.append(
+            Passage(
+                doc_id=doc.doc_id, title=doc.title, source=doc.source, text=doc.text[start:end],
+                start=start, end=end, score=round(score, 4),
+            )
+        )
+    return out
+
+
+def _top_k(top_k: int | None, settings: Settings) -> int:
+    k = settings.default_top_k if top_k is None else top_k
+    if not 1 <= k <= settings.max_top_k:
+        raise BadInput(f"top_k must be between 1 and {settings.max_top_k}")
+    return k

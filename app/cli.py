@@ -1,0 +1,126 @@
+"""The `citeqa` command: ingest, ask, serve, eval."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from app.errors import CiteqaError
+from app.settings import get_settings
+
+
+def _progress_bar():  # type: ignore[no-untyped-def]
+    """A tqdm bar per stage when stderr is a terminal, nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, desc=stage, unit="item", leave=True))
+        bar.update(done - bar.n)
+
+    return update
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Bring the index in line with a corpus folder."""
+    from app.embed import get_embedder
+    from ingest.build import ingest
+
+    settings = get_settings()
+    summary = ingest(Path(args.dir or settings.corpus), settings, get_embedder(), args.rebuild, _progress_bar())
+    if args.json:
+        print(summary.model_dump_json())
+        return 0
+    print(
+        f"added {summary.added}, updated {summary.updated}, removed {summary.removed}, "
+        f"unchanged {summary.unchanged}; {summary.chunks_embedded} chunks embedded; index in {settings.home}"
+    )
+    for item in summary.skipped:
+        print(f"skipped {item.path}: {item.reason}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer one question from the index."""
+    from app.answer import ask
+    from app.embed import get_embedder
+    from app.index import Store
+
+    settings = get_settings()
+    snapshot = Store(settings).open()
+    answer = ask(snapshot, get_embedder(), args.question, settings, top_k=args.top_k)
+    if args.json:
+        print(answer.model_dump_json())
+        return 0
+    print(answer.answer)
+    print()
+    print("Closest material (not an answer):" if answer.abstained else "Sources:")
+    for c in answer.citations:
+        where = ", ".join(x for x in (c.source, c.published) if x)
+        print(f"[{c.n}] {c.title} ({where})")
+        print(f"    “{c.quote}”")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API and the UI."""
+    import uvicorn
+
+    uvicorn.run("app.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation set and gate on the baseline."""
+    from evals.run import main as run_evals
+
+    return run_evals(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    root = argparse.ArgumentParser(prog="citeqa", description="Cited answers from a document corpus.")
+    sub = root.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ingest", help="index a corpus folder (incremental)")
+    p.add_argument("dir", nargs="?", help="corpus folder (default: CITEQA_CORPUS or corpus/)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--rebuild", action="store_true", help="ignore the existing index and build afresh")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("ask", help="answer a question with citations")
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print the /ask response body")
+    p.add_argument("--top-k", type=int, default=None)
+    p.set_defaults(func=cmd_ask)
+    p = sub.add_parser("serve", help="serve the API at / and the UI at /ui")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("eval", help="run the evaluation set; exit 1 when a gate fails")
+    p.add_argument("--questions", default="evals/questions.yaml")
+    p.add_argument("--report", default="evals/reports")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics JSON here")
+    p.add_argument("--url", default=None, help="evaluate a running server instead of in-process")
+    p.add_argument("--baseline", default="evals/baseline.json")
+    p.add_argument("--corpus", default=None, help="corpus folder to index for the run (default: CITEQA_CORPUS)")
+    p.set_defaults(func=cmd_eval)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors become one clear line on stderr and exit status 2."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CiteqaError as exc:
+        print(f"citeqa: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

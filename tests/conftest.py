@@ -1,0 +1,49 @@
+"""Shared fixtures: the real embedding model once per session, real indexes in temporary folders."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.embed import Embedder, get_embedder
+from app.index import Snapshot, Store
+from app.settings import Settings
+from ingest.build import ingest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The real all-MiniLM-L6-v2, loaded once."""
+    return get_embedder()
+
+
+def make_settings(home: Path, **overrides: object) -> Settings:
+    """Settings pointing at a temporary index folder."""
+    return Settings(home=home, corpus=CORPUS, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def seed_settings(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Settings:
+    """Settings of a session-wide index of the seed corpus (read-only: tests must not ingest into it)."""
+    settings = make_settings(tmp_path_factory.mktemp("seed-index"))
+    ingest(CORPUS, settings, embedder)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def seed_snapshot(seed_settings: Settings) -> Snapshot:
+    """The seed index, opened."""
+    return Store(seed_settings).open()
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path) -> Path:
+    """A writable copy of the seed corpus."""
+    target = tmp_path / "corpus"
+    shutil.copytree(CORPUS, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
