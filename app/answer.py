@@ -35,7 +35,8 @@ class ExtractiveAnswerer:
     def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
         best = found.sentences[0] if found.sentences else None
-        if best is None or best.score < settings.abstain_threshold or found.missing_entities:
+        weak = best is None or best.score < settings.abstain_threshold or not best.offers
+        if weak or found.missing_entities:
             closest = _distinct(snapshot, found.sentences, 3)
             markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
             text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
@@ -132,8 +133,9 @@ def ask(
     started = time.perf_counter()
     question = validate_question(question, settings)
     _top_k(top_k, settings)
-    query = standalone(question, (history or [])[-settings.max_history_turns :])
-    found = retrieve(snapshot, embedder, query, settings)
+    history = (history or [])[-settings.max_history_turns :]
+    query, focus = standalone(question, history)
+    found = retrieve(snapshot, embedder, query, settings, _said_before(snapshot, history), focus)
     t = time.perf_counter()
     text, abstained, evidence = (answerer or ExtractiveAnswerer()).compose(snapshot, found, settings)
     cited = citations(snapshot, evidence)
@@ -141,6 +143,14 @@ def ask(
     timings = {**found.timings_ms, "compose": (time.perf_counter() - t) * 1000}
     timings["total"] = (time.perf_counter() - started) * 1000
     return Answer(answer=text, abstained=abstained, citations=cited, query=query, timings_ms=timings)
+
+
+def _said_before(snapshot: Snapshot, history: list[Message]) -> frozenset[str]:
+    """Sentences the last answer already gave: a follow-up wants something new."""
+    last = next((m.content for m in reversed(history) if m.role == "assistant"), "")
+    if not last:
+        return frozenset()
+    return frozenset(part.strip() for part in _MARKER.split(last) if len(part.strip()) > 20)
 
 
 def passages(snapshot: Snapshot, embedder: Embedder, question: str, settings: Settings, top_k: int | None) -> list[Passage]:

@@ -131,7 +131,7 @@ class Snapshot:
         self._settings = settings
         self._collection: Any = None
         self._bm25: Any = None
-        self._doc_terms: dict[int, set[str]] = {}
+        self._title_terms: dict[int, set[str]] = {}
         self.open_searchers()
 
     def open_searchers(self) -> None:
@@ -149,15 +149,11 @@ class Snapshot:
                 "run `citeqa ingest --rebuild`"
             ) from exc
 
-    def doc_terms(self, d: int) -> set[str]:
-        """Every term of a document and its title, computed once per snapshot."""
-        if d not in self._doc_terms:
-            doc = self.doc_list[d]
-            found = set(terms(doc.title))
-            for line in doc.sentence_terms:
-                found.update(line.split())
-            self._doc_terms[d] = found
-        return self._doc_terms[d]
+    def title_terms(self, d: int) -> set[str]:
+        """The terms of a document's title, computed once per snapshot."""
+        if d not in self._title_terms:
+            self._title_terms[d] = set(terms(self.doc_list[d].title))
+        return self._title_terms[d]
 
     @property
     def n_chunks(self) -> int:

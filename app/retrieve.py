@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.embed import Embedder
+from app.expect import expected, offers
 from app.index import Snapshot
 from app.settings import Settings
 from app.split import terms
@@ -17,8 +18,20 @@ DENSE_WEIGHT = 0.55
 LEXICAL_WEIGHT = 0.45
 # How much a sentence borrows from its chunk's fused rank: context for sentences like "It said ...".
 CONTEXT_WEIGHT = 0.15
+# A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
+CHUNK_DENSE_WEIGHT = 0.2
+CHUNK_LEXICAL_WEIGHT = 0.1
+# Penalties for sentences that cannot be the answer: no value of the asked-for kind (a "when" question
+# answered without a date), nothing beyond the question's own words (a heading), or already said.
+TYPE_PENALTY = 0.15
+ECHO_PENALTY = 0.15
+REPEAT_PENALTY = 0.3
+# Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
+TYPED_SENTENCES = 40
+# Chunks of the best sentences in which every name of the question must occur.
+EVIDENCE_CHUNKS = 3
 # Fused candidates whose sentences are scored.
-SCORED_CHUNKS = 12
+SCORED_CHUNKS = 20
 _ENTITY = re.compile(r"(?<![\w'’])(?:[A-Z][\w'’-]*[A-Za-z]|\d[\d,.]*\d|\d)")
 
 
@@ -32,6 +45,7 @@ class Evidence:
     end: int
     score: float
     chunk: int
+    offers: bool = True
 
 
 @dataclass
@@ -46,15 +60,23 @@ class Retrieval:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def entities(question: str) -> list[str]:
-    """Names and numbers the question asks about: capitalised words after the first, and figures."""
+def entities(question: str, skip_first: bool = True) -> list[str]:
+    """Names and numbers the question asks about: capitalised words (after the first) and figures."""
     words = question.strip().split(maxsplit=1)
-    rest = words[1] if len(words) > 1 else ""
+    rest = (words[1] if len(words) > 1 else "") if skip_first else question
     return [m.group() for m in _ENTITY.finditer(rest)]
 
 
-def retrieve(snapshot: Snapshot, embedder: Embedder, query: str, settings: Settings) -> Retrieval:
-    """Score chunks and sentences for a query."""
+def retrieve(
+    snapshot: Snapshot,
+    embedder: Embedder,
+    query: str,
+    settings: Settings,
+    avoid: frozenset[str] = frozenset(),
+    focus: str | None = None,
+) -> Retrieval:
+    """Score chunks and sentences for a query; `focus` is the part whose names and answer kind count."""
+    focus = focus or query
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     vector = embedder.encode([query])[0]
@@ -72,12 +94,22 @@ def retrieve(snapshot: Snapshot, embedder: Embedder, query: str, settings: Setti
             fused[pos] = fused.get(pos, 0.0) + 1.0 / (settings.rrf_k + rank + 1)
     candidates = sorted(fused.items(), key=lambda kv: -kv[1])[:SCORED_CHUNKS]
     sentences = _score_sentences(snapshot, vector, query_terms, candidates, settings)
+    _judge(snapshot, focus, query_terms, sentences, avoid)
     best_in_chunk: dict[int, float] = {}
     for ev in sentences:
         best_in_chunk[ev.chunk] = max(best_in_chunk.get(ev.chunk, -1.0), ev.score)
-    chunks = sorted(best_in_chunk.items(), key=lambda kv: -kv[1])
+    dense_of = dict(dense)
+    top_lexical = lexical[0][1] if lexical else 1.0
+    lexical_of = {pos: score / top_lexical for pos, score in lexical}
+    chunks = sorted(
+        (
+            (pos, best + CHUNK_DENSE_WEIGHT * dense_of.get(pos, 0.0) + CHUNK_LEXICAL_WEIGHT * lexical_of.get(pos, 0.0))
+            for pos, best in best_in_chunk.items()
+        ),
+        key=lambda kv: -kv[1],
+    )
     sentences.sort(key=lambda ev: -ev.score)
-    missing = _missing_entities(snapshot, query, sentences)
+    missing = _missing_entities(snapshot, focus, sentences)
     timings["score"] = (time.perf_counter() - t2) * 1000
     return Retrieval(query, query_terms, chunks, sentences, missing, timings)
 
@@ -124,9 +156,29 @@ def _score_sentences(
     return out
 
 
+def _judge(
+    snapshot: Snapshot, query: str, query_terms: list[str], sentences: list[Evidence], avoid: frozenset[str]
+) -> None:
+    """Demote the best sentences that cannot answer: wrong kind, an echo of the question, or a repeat."""
+    kind = expected(query)
+    asked = set(query_terms)
+    for ev in sorted(sentences, key=lambda e: -e.score)[:TYPED_SENTENCES]:
+        text = snapshot.doc_list[ev.doc].text[ev.start : ev.end]
+        if not offers(kind, text, query):
+            ev.offers = False
+            ev.score -= TYPE_PENALTY
+        if len(set(snapshot.sentence_terms[ev.row]) - asked) < 2:
+            ev.score -= ECHO_PENALTY
+        if text in avoid:
+            ev.score -= REPEAT_PENALTY
+
+
 def _missing_entities(snapshot: Snapshot, query: str, sentences: list[Evidence]) -> list[str]:
-    """Names and figures of the query that the best evidence's document never mentions."""
-    if not sentences:
-        return entities(query)
-    haystack = snapshot.doc_terms(sentences[0].doc)
+    """Names and figures of the query that none of the best evidence's chunks (or their titles) mention."""
+    haystack: set[str] = set()
+    for pos in list(dict.fromkeys(ev.chunk for ev in sentences))[:EVIDENCE_CHUNKS]:
+        first, count = int(snapshot.chunk_first[pos]), int(snapshot.chunk_count[pos])
+        for row in range(first, first + count):
+            haystack.update(snapshot.sentence_terms[row])
+        haystack.update(snapshot.title_terms(int(snapshot.chunk_doc[pos])))
     return [e for e in entities(query) if not set(terms(e)) <= haystack]

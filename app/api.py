@@ -1,0 +1,320 @@
+"""The HTTP API (/health, /ask, /retrieve, /documents, /ingest) with the Gradio UI mounted at /ui."""
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.answer import ask, passages, validate_question
+from app.embed import Embedder, get_embedder
+from app.errors import BadInput, CiteqaError, IndexDamaged, IndexMissing, NotFound
+from app.index import Document, Live, Snapshot
+from app.schemas import (
+    Answer,
+    AskRequest,
+    DocumentDetail,
+    DocumentInfo,
+    Health,
+    IngestSummary,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+from app.settings import Settings, get_settings
+
+UI_PATH = "/ui"
+NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "The request is malformed or outside the limits; `detail` says what is wrong."},
+    503: {"description": "No index is built yet (run `citeqa ingest`), or it cannot be read."},
+}
+
+_ASK_EXAMPLES = {
+    "question": {"summary": "A question", "value": {"question": "When did the focused visit take place?"}},
+    "follow-up": {
+        "summary": "A follow-up, with the conversation so far",
+        "value": {
+            "question": "Who were the inspectors?",
+            "top_k": 5,
+            "history": [
+                {"role": "user", "content": "When did the focused visit take place?"},
+                {"role": "assistant", "content": "The visit took place on 27 and 28 February 2018. [1]"},
+            ],
+        },
+    },
+}
+_RETRIEVE_EXAMPLES = {
+    "passages": {"summary": "Search", "value": {"question": "social workers caseloads", "top_k": 3}}
+}
+
+
+class BodyTooLarge(HTTPException):
+    """A body over the limit; an HTTPException, so FastAPI re-raises it instead of reporting a parse error."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than the {limit:,}-byte limit")
+
+
+class BodyLimit:
+    """Reject bodies over `limit` bytes with 413: by Content-Length, then by what streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: str = UI_PATH) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        # The mounted UI posts its own component state; Gradio applies its own limits there.
+        if scope["type"] != "http" or path == self.exempt or path.startswith(self.exempt + "/"):
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await JSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
+                return
+            if int(declared) > self.limit:
+                await JSONResponse({"detail": BodyTooLarge(self.limit).detail}, 413)(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, watched)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send)
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _live(request: Request) -> Live:
+    return request.app.state.live
+
+
+def _embedder(request: Request) -> Embedder:
+    return request.app.state.embedder
+
+
+def _snapshot(live: Annotated[Live, Depends(_live)]) -> Snapshot:
+    return live.get()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+LiveDep = Annotated[Live, Depends(_live)]
+EmbedderDep = Annotated[Embedder, Depends(_embedder)]
+SnapshotDep = Annotated[Snapshot, Depends(_snapshot)]
+_bearer = HTTPBearer(auto_error=False, description="The server's CITEQA_ADMIN_TOKEN.")
+
+
+def _check_limits(question: str, top_k: int | None, history_len: int, settings: Settings) -> str:
+    """Every input limit, checked before the index is touched so bad input never waits on a model."""
+    question = validate_question(question, settings)
+    if top_k is not None and not 1 <= top_k <= settings.max_top_k:
+        raise BadInput(f"top_k must be between 1 and {settings.max_top_k}")
+    if history_len > settings.max_history_turns:
+        raise BadInput(
+            f"history has {history_len} messages; at most {settings.max_history_turns} are allowed"
+        )
+    return question
+
+
+def _info(doc: Document) -> dict[str, Any]:
+    return {
+        "doc_id": doc.doc_id,
+        "path": doc.path,
+        "title": doc.title,
+        "publisher": doc.publisher,
+        "published": doc.published,
+        "url": doc.url,
+        "kind": doc.kind,
+        "chars": len(doc.text),
+        "chunks": len(doc.chunks),
+    }
+
+
+def _routes(app: FastAPI) -> None:
+    """Register the API endpoints."""
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse(UI_PATH + "/")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/health", response_model=Health, tags=["status"], responses={503: _ERRORS[503]})
+    def health(snapshot: SnapshotDep) -> Health:
+        """Whether an index is loaded, and how big it is."""
+        return Health(status="ok", documents=len(snapshot.docs), chunks=snapshot.n_chunks)
+
+    @app.post("/ask", response_model=Answer, tags=["answers"], responses=_ERRORS)
+    def ask_route(
+        body: Annotated[AskRequest, Body(openapi_examples=_ASK_EXAMPLES)],
+        settings: SettingsDep,
+        live: LiveDep,
+        embedder: EmbedderDep,
+    ) -> Answer:
+        """Answer a question with `[n]` markers, each backed by a verbatim quote from a document."""
+        question = _check_limits(body.question, body.top_k, len(body.history), settings)
+        return ask(live.get(), embedder, question, settings, history=body.history, top_k=body.top_k)
+
+    @app.post("/retrieve", response_model=RetrieveResponse, tags=["answers"], responses=_ERRORS)
+    def retrieve_route(
+        body: Annotated[RetrieveRequest, Body(openapi_examples=_RETRIEVE_EXAMPLES)],
+        settings: SettingsDep,
+        live: LiveDep,
+        embedder: EmbedderDep,
+    ) -> RetrieveResponse:
+        """The best passages for a question, best first, without composing an answer."""
+        question = _check_limits(body.question, body.top_k, 0, settings)
+        return RetrieveResponse(passages=passages(live.get(), embedder, question, settings, body.top_k))
+
+    @app.get(
+        "/documents", response_model=list[DocumentInfo], tags=["documents"], responses={503: _ERRORS[503]}
+    )
+    def documents(snapshot: SnapshotDep) -> list[DocumentInfo]:
+        """Every indexed document's metadata."""
+        return [DocumentInfo(**_info(doc)) for doc in snapshot.doc_list]
+
+    @app.get(
+        "/documents/{doc_id}",
+        response_model=DocumentDetail,
+        tags=["documents"],
+        responses={404: {"description": "No document has this id."}, 503: _ERRORS[503]},
+    )
+    def document(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
+        """A document's cleaned text (what citation offsets index into) and what cleaning removed."""
+        # A lookup in the index, never a filesystem path: ids like `../../etc/passwd` simply do not exist.
+        doc = snapshot.docs.get(doc_id)
+        if doc is None:
+            raise NotFound(f"no document with id {doc_id[:200]!r}")
+        return DocumentDetail(
+            **_info(doc), text=doc.text, removed_count=doc.removed_count, removed_sample=doc.removed_sample
+        )
+
+    @app.post(
+        "/ingest",
+        response_model=IngestSummary,
+        tags=["admin"],
+        responses={
+            401: {"description": "No bearer token was sent."},
+            403: {"description": "The bearer token is wrong."},
+            404: {"description": "Ingest over HTTP is disabled (CITEQA_ADMIN_TOKEN is not set)."},
+            409: {"description": "Another ingest is running."},
+        },
+    )
+    def ingest_route(
+        settings: SettingsDep,
+        live: LiveDep,
+        embedder: EmbedderDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> IngestSummary:
+        """Bring the index in line with the server's corpus folder; answers switch to it once published."""
+        from ingest.build import ingest
+
+        if not settings.admin_token:
+            raise NotFound("ingest over HTTP is disabled on this server (CITEQA_ADMIN_TOKEN is not set)")
+        if credentials is None:
+            raise HTTPException(
+                401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
+            raise HTTPException(403, "the bearer token is wrong")
+        summary = ingest(settings.corpus, settings, embedder)
+        live.get()
+        return summary
+
+
+def _handlers(app: FastAPI) -> None:
+    """Translate errors to JSON responses with a `detail`, at this one edge."""
+
+    @app.exception_handler(CiteqaError)
+    async def citeqa_error(request: Request, exc: CiteqaError) -> JSONResponse:
+        detail = NO_INDEX if isinstance(exc, IndexMissing) else str(exc)
+        return JSONResponse({"detail": detail}, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input back, which fails on non-UTF-8 bytes; loc and msg say enough.
+        errors = []
+        for error in exc.errors():
+            msg = str(error.get("msg", "invalid"))
+            if error.get("type") == "json_invalid" and "error" in (error.get("ctx") or {}):
+                msg = f"{msg}: {error['ctx']['error']}"
+            errors.append({"loc": list(error.get("loc", ())), "msg": msg, "type": str(error.get("type", ""))})
+        return JSONResponse({"detail": errors}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail: Any = exc.detail
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            detail = "request body is not valid UTF-8 JSON"
+        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API with the UI mounted at /ui; the embedder and index holder are created once, in the lifespan."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.embedder = await anyio.to_thread.run_sync(get_embedder)
+        app.state.live = Live(settings)
+        # Open the index now so the first request does not pay for it; a server with no index still starts.
+        with suppress(IndexMissing, IndexDamaged):
+            await anyio.to_thread.run_sync(app.state.live.get)
+        yield
+
+    app = FastAPI(
+        title="citeqa",
+        version="0.1.0",
+        summary="Answers in plain English, every statement backed by a verbatim, checkable quote.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    _handlers(app)
+    _routes(app)
+
+    import gradio as gr
+
+    from app.ui import CSS, HEAD, build_ui
+
+    return gr.mount_gradio_app(
+        app, build_ui(settings), path=UI_PATH, footer_links=[], css=CSS, head=HEAD, show_error=True
+    )

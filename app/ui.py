@@ -1,0 +1,390 @@
+"""The chat UI at /ui: a Gradio front end that talks to the API over HTTP, so it can front a remote server."""
+
+import html
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import gradio as gr
+import httpx
+import yaml
+
+from app.settings import Settings
+
+EXAMPLES_FILE = Path("evals/questions.yaml")
+EXAMPLE_COUNT = 4
+TIMEOUT_S = 120.0
+_MARKER = re.compile(r"\[(\d+)\]")
+# HTML specials and what markdown (or KaTeX) could read as syntax: as numeric entities they are only text.
+_ENTITY_CHARS = set("&<>\"'\\`*_{}[]()#+-.!|~$:")
+_NO_SOURCE = (
+    '<div class="cq-empty">Choose a citation to open its document, with the quoted words highlighted.</div>'
+)
+
+CSS = """
+#cq-chat .cq-answer { line-height: 1.6; }
+#cq-chat .cq-badge { display: inline-block; font-weight: 600; font-size: 0.85em; padding: 1px 8px;
+  border-radius: 999px; background: var(--color-accent-soft); margin-bottom: 6px; }
+#cq-chat .cq-badge.cq-abstain { background: #fdecc8; color: #6b4500; }
+.cq-marker { text-decoration: none; font-weight: 600; }
+#cq-chat .cq-cards-label { margin-top: 10px; font-size: 0.85em; font-weight: 600; opacity: 0.75; }
+#cq-chat .cq-card { font-size: 0.92em; border: 1px solid var(--border-color-primary);
+  border-left: 3px solid var(--color-accent); border-radius: 6px; padding: 6px 10px; margin-top: 6px;
+  background: var(--background-fill-secondary); }
+#cq-chat .cq-closest .cq-card { border-left-color: #c9a227; opacity: 0.9; }
+#cq-chat .cq-card.cq-flash { outline: 2px solid var(--color-accent); }
+.cq-title { font-weight: 600; }
+.cq-meta { font-size: 0.85em; opacity: 0.8; }
+#cq-chat .cq-quote { margin: 4px 0 0 0; padding: 0; border: none; font-style: italic; }
+.cq-src-head { margin-bottom: 8px; }
+.cq-src-text { position: relative; white-space: pre-wrap; max-height: 60vh; overflow-y: auto; padding: 10px;
+  border: 1px solid var(--border-color-primary); border-radius: 6px; line-height: 1.55; font-size: 0.95em; }
+.cq-src-text mark { background: #ffe066; color: inherit; padding: 0 1px; }
+.cq-warn { color: #8a1c1c; margin: 6px 0; }
+.cq-empty { opacity: 0.7; font-style: italic; padding: 8px 0; }
+.cq-docs li { margin: 2px 0; }
+"""
+
+# Clicking an [n] marker scrolls to its citation card and flashes it, instead of changing the page URL.
+HEAD = """
+<script>
+document.addEventListener("click", (event) => {
+  const marker = event.target.closest && event.target.closest("a.cq-marker");
+  if (!marker) return;
+  event.preventDefault();
+  const card = document.getElementById((marker.getAttribute("href") || "").slice(1));
+  if (!card) return;
+  card.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  card.classList.add("cq-flash");
+  setTimeout(() => card.classList.remove("cq-flash"), 1500);
+});
+</script>
+"""
+
+# Keep the highlighted quote in view whenever the source panel changes.
+_SCROLL_JS = """
+const scroll = () => {
+  const box = element.querySelector(".cq-src-text");
+  const mark = element.querySelector(".cq-src-text mark");
+  if (box && mark) box.scrollTop = Math.max(0, mark.offsetTop - box.clientHeight / 3);
+};
+watch("value", scroll);
+scroll();
+"""
+
+
+def as_text(value: object) -> str:
+    """Text made safe where markdown and HTML are rendered: escaped, markdown syntax as entities, one line."""
+    return "".join(f"&#{ord(ch)};" if ch in _ENTITY_CHARS else ch for ch in " ".join(str(value).split()))
+
+
+def nice_date(value: str) -> str:
+    """An ISO date as "22 March 2018"; anything else unchanged."""
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        return value
+    return f"{day.day} {day:%B %Y}"
+
+
+def _link(url: str) -> str:
+    """A link for http(s) URLs only; anything else (javascript:, data:) stays text."""
+    if not re.match(r"^https?://", url, re.I):
+        return as_text(url)
+    href = html.escape(url, quote=True)
+    return f'<a href="{href}" target="_blank" rel="noopener noreferrer">{as_text(url)}</a>'
+
+
+def _meta(source: str, published: str, url: str) -> str:
+    parts = [as_text(source) if source else "", as_text(nice_date(published)) if published else ""]
+    parts.append(_link(url) if url else "")
+    return " · ".join(p for p in parts if p)
+
+
+def card_html(citation: dict[str, Any], turn: int) -> str:
+    """One citation card: number, title, source, date and the exact quote."""
+    c = citation
+    return (
+        f'<div class="cq-card" id="cq-c{turn}-{int(c["n"])}">'
+        f'<div><span class="cq-marker">[{int(c["n"])}]</span> '
+        f'<span class="cq-title">{as_text(c["title"])}</span></div>'
+        f'<div class="cq-meta">{_meta(c["source"], c["published"], c["url"])}</div>'
+        f'<blockquote class="cq-quote">“{as_text(c["quote"])}”</blockquote></div>'
+    )
+
+
+def answer_html(answer: dict[str, Any], turn: int) -> str:
+    """An answer with its [n] markers linked to its citation cards; an abstention is labelled as one."""
+    numbers = {int(c["n"]) for c in answer["citations"]}
+    parts, last = [], 0
+    for m in _MARKER.finditer(answer["answer"]):
+        parts.append(as_text(answer["answer"][last : m.start()]))
+        n = int(m.group(1))
+        parts.append(
+            f' <a class="cq-marker" href="#cq-c{turn}-{n}">[{n}]</a> '
+            if n in numbers
+            else as_text(m.group(0))
+        )
+        last = m.end()
+    parts.append(as_text(answer["answer"][last:]))
+    body = f'<div class="cq-answer">{"".join(parts).strip()}</div>'
+    cards = "".join(card_html(c, turn) for c in answer["citations"])
+    if answer["abstained"]:
+        badge = '<span class="cq-badge cq-abstain">Not answered by the documents</span>'
+        label, kind = "Closest material — not an answer", "cq-cards cq-closest"
+    else:
+        badge, label, kind = "", "Sources", "cq-cards"
+    section = f'<div class="cq-cards-label">{label}</div><div class="{kind}">{cards}</div>' if cards else ""
+    return f"{badge}{body}{section}"
+
+
+def citation_line(citation: dict[str, Any], doc: dict[str, Any]) -> str:
+    """A briefing-ready line: “quote” — title, publisher, date, URL (each where the document states it)."""
+    known = [
+        doc.get("title", ""),
+        doc.get("publisher", ""),
+        nice_date(doc.get("published", "")),
+        doc.get("url", ""),
+    ]
+    where = ", ".join(" ".join(str(k).split()) for k in known if k)
+    return f"“{' '.join(citation['quote'].split())}” — {where}"
+
+
+def source_html(citation: dict[str, Any], doc: dict[str, Any]) -> str:
+    """The whole document as escaped text with the quoted span inside a <mark>."""
+    text, start, end = doc["text"], int(citation["start"]), int(citation["end"])
+    head = (
+        f'<div class="cq-src-head"><div class="cq-title">{html.escape(doc["title"])}</div>'
+        f'<div class="cq-meta">{_meta(doc["publisher"], doc["published"], doc["url"])}</div></div>'
+    )
+    if text[start:end] != citation["quote"]:
+        warning = (
+            '<div class="cq-warn">The index changed since this answer; the quote is no longer there.</div>'
+        )
+        return f'{head}{warning}<div class="cq-src-text">{html.escape(text)}</div>'
+    marked = (
+        f"{html.escape(text[:start])}<mark>{html.escape(text[start:end])}</mark>{html.escape(text[end:])}"
+    )
+    return f'{head}<div class="cq-src-text">{marked}</div>'
+
+
+def docs_html(docs: list[dict[str, Any]]) -> str:
+    """The indexed documents as a short list."""
+    items = "".join(
+        f'<li><span class="cq-title">{html.escape(d["title"])}</span> '
+        f'<span class="cq-meta">{_meta(d["publisher"], d["published"], "")}</span></li>'
+        for d in docs
+    )
+    return (
+        f'<ul class="cq-docs">{items}</ul>'
+        if items
+        else '<div class="cq-empty">The index holds no documents.</div>'
+    )
+
+
+def example_questions(settings: Settings) -> list[str]:
+    """Starter questions: `settings.example_questions` if set, else answerable ones from the eval set."""
+    configured = getattr(settings, "example_questions", None)
+    if configured:
+        return [str(q) for q in configured][:EXAMPLE_COUNT]
+    try:
+        items = yaml.safe_load(EXAMPLES_FILE.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(items, list):
+        return []
+    found = [
+        str(i["question"])
+        for i in items
+        if isinstance(i, dict) and i.get("question") and not i.get("unanswerable")
+    ]
+    return found[:EXAMPLE_COUNT]
+
+
+class ApiError(Exception):
+    """The API could not be reached or refused the request; `message` is safe to show after escaping."""
+
+    def __init__(self, message: str, title: str) -> None:
+        super().__init__(message)
+        self.message, self.title = message, title
+
+    def show(self) -> None:
+        """Show the failure as a warning toast; the message is escaped because Gradio renders it as HTML."""
+        gr.Warning(html.escape(self.message), title=self.title)
+
+
+def api_base(settings: Settings, request: gr.Request | None) -> str:
+    """The API's base URL: CITEQA_API_URL, else the address this connection reached (not the Host header)."""
+    if settings.api_url:
+        return settings.api_url.rstrip("/")
+    raw = getattr(request, "request", None) if request is not None else None
+    server = raw.scope.get("server") if raw is not None else None
+    if raw is None or not server:
+        raise ApiError("The UI cannot tell where the API is; set CITEQA_API_URL.", "No API")
+    host, port = server
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"{raw.scope.get('scheme', 'http')}://{host}:{port}"
+
+
+def _detail(response: httpx.Response) -> str:
+    """The API's `detail` as one readable line."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg', '')}".lstrip(": ")
+            for d in detail
+            if isinstance(d, dict)
+        )
+    return str(detail or f"the API answered HTTP {response.status_code}")
+
+
+async def call_api(
+    settings: Settings, request: gr.Request | None, method: str, path: str, **kwargs: Any
+) -> Any:
+    """One API call; a failure raises ApiError with the API's own message."""
+    base = api_base(settings, request)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S) as client:
+            response = await client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"Could not reach the API at {base} ({type(exc).__name__}).", "No API") from None
+    if response.status_code >= 400:
+        title = "No index" if response.status_code == 503 else "Could not answer"
+        raise ApiError(_detail(response), title)
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(f"The API at {base} did not answer with JSON.", "No API") from None
+
+
+def _new_state() -> dict[str, Any]:
+    return {"history": [], "answers": [], "display": []}
+
+
+def _choices(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"[{c['n']}] {c['title']} — {c['source']}", str(c["n"])) for c in answer["citations"]]
+
+
+def build_ui(settings: Settings) -> gr.Blocks:
+    """The Blocks app: chat on the left, the cited sources on the right."""
+    unchanged = (gr.skip(),) * 6
+
+    async def on_ask(question: str, state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
+        asked = (question or "").strip()
+        if not asked:
+            gr.Warning("Type a question first.")
+            return unchanged
+        history = state["history"][-settings.max_history_turns :]
+        try:
+            answer = await call_api(
+                settings, request, "POST", "/ask", json={"question": asked, "history": history}
+            )
+        except ApiError as exc:
+            exc.show()
+            return unchanged
+        turn = len(state["answers"]) + 1
+        display = [
+            *state["display"],
+            {"role": "user", "content": as_text(asked)},
+            {"role": "assistant", "content": answer_html(answer, turn)},
+        ]
+        new_state = {
+            "history": [
+                *state["history"],
+                {"role": "user", "content": asked},
+                {"role": "assistant", "content": answer["answer"]},
+            ],
+            "answers": [*state["answers"], answer],
+            "display": display,
+        }
+        pick = gr.update(choices=_choices(answer), value=None, visible=bool(answer["citations"]))
+        return display, new_state, "", pick, "", _NO_SOURCE
+
+    async def on_pick(choice: str | None, state: dict[str, Any], request: gr.Request) -> tuple[Any, Any]:
+        cited = {str(c["n"]): c for c in state["answers"][-1]["citations"]} if state["answers"] else {}
+        citation = cited.get(str(choice))
+        if citation is None:
+            return gr.skip(), gr.skip()
+        try:
+            doc = await call_api(settings, request, "GET", f"/documents/{quote(citation['doc_id'], safe='')}")
+        except ApiError as exc:
+            exc.show()
+            return gr.skip(), gr.skip()
+        return citation_line(citation, doc), source_html(citation, doc)
+
+    async def on_load(request: gr.Request) -> str:
+        try:
+            docs = await call_api(settings, request, "GET", "/documents")
+        except ApiError as exc:
+            return f'<div class="cq-warn">{html.escape(exc.message)}</div>'
+        return docs_html(docs)
+
+    def on_clear() -> tuple[Any, ...]:
+        return [], _new_state(), "", gr.update(choices=[], value=None, visible=False), "", _NO_SOURCE
+
+    examples = example_questions(settings)
+    with gr.Blocks(title="citeqa", analytics_enabled=False) as ui:
+        state = gr.State(_new_state())
+        gr.Markdown(
+            "## citeqa\nAsk about the documents: every statement in an answer quotes its source verbatim."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(
+                    label="Conversation",
+                    elem_id="cq-chat",
+                    height=560,
+                    latex_delimiters=[],
+                    feedback_options=None,
+                    buttons=["copy_all"],
+                    placeholder="Answers appear here, each statement followed by [n] linking to its quote.",
+                )
+                with gr.Row():
+                    question = gr.Textbox(
+                        placeholder="Ask a question, or a follow-up…",
+                        show_label=False,
+                        elem_id="cq-question",
+                        scale=6,
+                        max_lines=4,
+                        autofocus=True,
+                    )
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="cq-ask", scale=1)
+                if examples:
+                    gr.Examples(
+                        examples=[[q] for q in examples], inputs=[question], label="Example questions"
+                    )
+                clear = gr.Button("New conversation", size="sm", variant="secondary", elem_id="cq-clear")
+            with gr.Column(scale=2):
+                gr.Markdown("### Sources")
+                pick = gr.Radio(
+                    choices=[],
+                    label="Citations of the latest answer",
+                    info="Choose one to open its document and get a citation to copy.",
+                    elem_id="cq-pick",
+                    visible=False,
+                )
+                citation = gr.Textbox(
+                    label="Copy citation",
+                    elem_id="cq-citation",
+                    buttons=["copy"],
+                    interactive=False,
+                    lines=3,
+                    placeholder="A briefing-ready citation appears here.",
+                )
+                source = gr.HTML(_NO_SOURCE, elem_id="cq-source", js_on_load=_SCROLL_JS)
+                with gr.Accordion("Documents in the index", open=False):
+                    documents = gr.HTML('<div class="cq-empty">Loading…</div>', elem_id="cq-documents")
+
+        outputs = [chat, state, question, pick, citation, source]
+        ask_button.click(on_ask, [question, state], outputs, concurrency_limit=None)
+        question.submit(on_ask, [question, state], outputs, concurrency_limit=None)
+        pick.input(on_pick, [pick, state], [citation, source], concurrency_limit=None)
+        clear.click(on_clear, None, outputs)
+        chat.clear(on_clear, None, outputs)
+        ui.load(on_load, None, documents)
+    return ui

@@ -1,0 +1,146 @@
+"""The SQuAD benchmark: each paragraph of the shared split is a document; retrieval and answers are scored.
+
+Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
+`--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample.
+"""
+
+import argparse
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.answer import ask, passages
+from app.embed import get_embedder
+from app.index import Store
+from app.settings import Settings
+from ingest.build import ingest
+
+SPLIT = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "squad-dev-split.json"
+SEED = 20181
+SAMPLE = 400
+
+
+def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write one file per paragraph; return (answerable, unanswerable) questions with their document id."""
+    data = json.loads(split.read_text())["data"]
+    folder.mkdir(parents=True, exist_ok=True)
+    answerable, unanswerable = [], []
+    for article in data:
+        name = re.sub(r"[^a-z0-9]+", "-", article["title"].lower()).strip("-")
+        for i, para in enumerate(article["paragraphs"]):
+            stem = f"{name}-{i:03d}"
+            (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
+            for qa in para["qas"]:
+                item = {"id": qa["id"], "question": qa["question"], "doc_id": f"{stem}.txt",
+                        "answers": sorted({a["text"] for a in qa["answers"]})}
+                (unanswerable if qa["is_impossible"] else answerable).append(item)
+    return answerable, unanswerable
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def run(settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score retrieval and answers on the given questions."""
+    from evals.metrics import hit_at_k, mrr, percentile
+
+    snapshot = Store(settings).open()
+    embedder = get_embedder()
+    ranks: list[int | None] = []
+    contains, first_cite, false_abstain, latencies = 0, 0, 0, []
+    scores_answerable = []
+    for item in answerable:
+        docs = list(dict.fromkeys(p.doc_id for p in passages(snapshot, embedder, item["question"], settings, 20)))
+        ranks.append(docs.index(item["doc_id"]) + 1 if item["doc_id"] in docs else None)
+        t = time.perf_counter()
+        result = ask(snapshot, embedder, item["question"], settings)
+        latencies.append((time.perf_counter() - t) * 1000)
+        golds = [_norm(a) for a in item["answers"]]
+        if result.abstained:
+            false_abstain += 1
+        else:
+            contains += any(g in _norm(result.answer) for g in golds)
+            first_cite += any(g in _norm(result.citations[0].quote) for g in golds)
+        scores_answerable.append(result.citations[0].score if result.citations else 0.0)
+    abstained = sum(ask(snapshot, embedder, item["question"], settings).abstained for item in unanswerable)
+    n = len(answerable)
+    return {
+        "answerable": n,
+        "unanswerable": len(unanswerable),
+        "hit@1": hit_at_k(ranks, 1),
+        "hit@5": hit_at_k(ranks, 5),
+        "mrr": mrr(ranks),
+        "answer_contains_gold": contains / n,
+        "first_citation_contains_gold": first_cite / n,
+        "false_abstention": false_abstain / n,
+        "abstention_on_unanswerable": abstained / max(1, len(unanswerable)),
+        "ask_p50_ms": percentile(latencies, 50),
+        "ask_p95_ms": percentile(latencies, 95),
+    }
+
+
+def prepare(home: Path | None) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write the corpus and index it (reusing `home` when it already holds the index)."""
+    home = home or Path(tempfile.mkdtemp(prefix="citeqa-squad-"))
+    corpus = home / "corpus"
+    answerable, unanswerable = write_corpus(SPLIT, corpus)
+    settings = Settings(home=home / "index", corpus=corpus)
+    ingest(corpus, settings, get_embedder())
+    return settings, answerable, unanswerable
+
+
+def calibrate(settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]) -> None:
+    """Print, per threshold, the false-abstention and abstention rates on the calibration sample."""
+    snapshot = Store(settings).open()
+    embedder = get_embedder()
+    strict = settings.model_copy(update={"abstain_threshold": -1.0})
+
+    def best(item: dict[str, Any]) -> tuple[float, bool]:
+        result = ask(snapshot, embedder, item["question"], strict)
+        return (result.citations[0].score if result.citations else -1.0), result.abstained
+
+    pos = [best(q) for q in answerable]
+    neg = [best(q) for q in unanswerable]
+    pos_scores = np.array([s for s, _ in pos])
+    print(f"answerable abstaining on names alone: {np.mean([a for _, a in pos]):.3f}")
+    for pct in (1, 2, 3, 5, 7, 10):
+        t = float(np.percentile(pos_scores, pct))
+        fa = np.mean([a or s < t for s, a in pos])
+        ab = np.mean([a or s < t for s, a in neg])
+        print(f"threshold {t:.3f} (answerable p{pct}): false abstention {fa:.3f}, abstention {ab:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the SQuAD index, run the sample, print and save the figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--home", type=Path, default=None, help="reuse this folder for the corpus and index")
+    parser.add_argument("--calibrate", action="store_true", help="sweep the abstention threshold instead")
+    parser.add_argument("--out", type=Path, default=Path("evals/reports/squad.json"))
+    args = parser.parse_args(argv)
+    settings, answerable, unanswerable = prepare(args.home)
+    rng = random.Random(SEED)
+    rng.shuffle(answerable)
+    rng.shuffle(unanswerable)
+    if args.calibrate:
+        # Disjoint from the evaluation sample: calibration never sees the questions it is judged on.
+        calibrate(settings, answerable[SAMPLE : 2 * SAMPLE], unanswerable[SAMPLE : 2 * SAMPLE])
+        return 0
+    figures = run(settings, answerable[:SAMPLE], unanswerable[:SAMPLE])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    for key, value in figures.items():
+        print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
