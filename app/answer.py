@@ -16,8 +16,10 @@ ABSTAIN_TEXT = "The documents do not answer this question."
 CLOSEST_TEXT = "Closest material, which is not an answer:"
 # Two sentences sharing this share of their terms say the same thing (a news story quoting the letter).
 DUPLICATE_OVERLAP = 0.6
-# Further sentences join the answer only when nearly as strong as the best one.
+# Further sentences join the answer only when nearly as strong as the best one; the official document's
+# own wording joins more readily, since a briefing should cite the primary source over press coverage.
 SUPPORT_RATIO = 0.9
+OFFICIAL_SUPPORT_RATIO = 0.65
 _MARKER = re.compile(r"\[(\d+)\]")
 
 
@@ -34,19 +36,25 @@ class ExtractiveAnswerer:
 
     def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
-        best = found.sentences[0] if found.sentences else None
-        weak = best is None or best.score < settings.abstain_threshold or not best.offers
-        if weak or found.missing_entities:
+        # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer.
+        best = next((ev for ev in found.sentences if ev.offers), None)
+        if best is None or best.score < settings.abstain_threshold or found.missing_entities:
             closest = _distinct(snapshot, found.sentences, 3)
             markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
             text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
             return text, True, closest
-        strong = [ev for ev in found.sentences if ev.score >= max(settings.abstain_threshold, SUPPORT_RATIO * best.score)]
+        floor = settings.abstain_threshold
+        strong = [
+            ev
+            for ev in found.sentences
+            if ev.offers
+            and ev.score >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
+        ]
         chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
-        # Readable order: documents by their best sentence, sentences in the order the document has them.
-        doc_rank = {}
+        # Readable order: official documents first, then by best sentence; each document in its own order.
+        doc_rank: dict[int, tuple[bool, int]] = {}
         for ev in chosen:
-            doc_rank.setdefault(ev.doc, len(doc_rank))
+            doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
         chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
         doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
         parts = [f"{text[ev.start : ev.end]} [{i}]" for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)]

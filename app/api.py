@@ -315,6 +315,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from app.ui import CSS, HEAD, build_ui
 
+    # The UI has no upload fields; the cap stops Gradio's upload route from filling the disk.
     return gr.mount_gradio_app(
-        app, build_ui(settings), path=UI_PATH, footer_links=[], css=CSS, head=HEAD, show_error=True
+        app,
+        build_ui(settings),
+        path=UI_PATH,
+        footer_links=[],
+        css=CSS,
+        head=HEAD,
+        show_error=True,
+        max_file_size=settings.max_body_bytes,
     )

@@ -44,7 +44,9 @@ CSS = """
 .cq-src-text mark { background: #ffe066; color: inherit; padding: 0 1px; }
 .cq-warn { color: #8a1c1c; margin: 6px 0; }
 .cq-empty { opacity: 0.7; font-style: italic; padding: 8px 0; }
+.cq-docs { font-size: 0.9em; margin: 0; padding-left: 1.2em; }
 .cq-docs li { margin: 2px 0; }
+.cq-docs .cq-title { font-weight: 500; }
 """
 
 # Clicking an [n] marker scrolls to its citation card and flashes it, instead of changing the page URL.
@@ -341,7 +343,8 @@ def build_ui(settings: Settings) -> gr.Blocks:
                     height=560,
                     latex_delimiters=[],
                     feedback_options=None,
-                    buttons=["copy_all"],
+                    # Copy buttons would copy the rendering's HTML; "Copy citation" gives the briefing text.
+                    buttons=[],
                     placeholder="Answers appear here, each statement followed by [n] linking to its quote.",
                 )
                 with gr.Row():

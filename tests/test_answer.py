@@ -1,0 +1,146 @@
+"""The retrieval layer on the seed corpus: answers, citations, abstention, follow-ups."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from app.answer import ABSTAIN_TEXT, ask, check_citations, citations, passages
+from app.errors import BadInput, CitationInvalid
+from app.expect import DATE, NUMBER, PERSON, expected, offers
+from app.followup import standalone
+from app.schemas import Message
+from tests.conftest import ROOT
+
+LETTER = "ofsted-focused-visit-letter-wakefield-2018-03-22.md"
+
+
+def _invariants(snapshot, answer):
+    markers = {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)}
+    assert markers == {c.n for c in answer.citations}
+    for c in answer.citations:
+        assert snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
+
+
+def test_focused_visit_dates_cite_the_letter(seed_snapshot, embedder, seed_settings):
+    answer = ask(seed_snapshot, embedder, "When did the focused visit take place?", seed_settings)
+    assert not answer.abstained
+    assert "27 and 28 February 2018" in answer.answer
+    assert any(c.doc_id == LETTER and "27 and 28 February 2018" in c.quote for c in answer.citations)
+    _invariants(seed_snapshot, answer)
+
+
+def test_out_of_domain_question_abstains_with_closest_material(seed_snapshot, embedder, seed_settings):
+    answer = ask(seed_snapshot, embedder, "What is the capital of France?", seed_settings)
+    assert answer.abstained
+    assert answer.answer.startswith(ABSTAIN_TEXT)
+    assert answer.citations and "not an answer" in answer.answer
+    _invariants(seed_snapshot, answer)
+
+
+def test_figure_question_answers_with_the_figure(seed_snapshot, embedder, seed_settings):
+    answer = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", seed_settings)
+    assert "29 agency staff" in answer.answer
+    _invariants(seed_snapshot, answer)
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["Who replaced the previous director?", "What did the MP say?", "and in Kirklees?", "rating", "¿Qué pasó?",
+     "<script>alert(1)</script>", "x" * 2000, "When " * 300],
+)
+def test_invariants_hold_for_any_question(seed_snapshot, embedder, seed_settings, question):
+    _invariants(seed_snapshot, ask(seed_snapshot, embedder, question, seed_settings))
+
+
+def test_official_letter_preferred_when_press_repeats_it(seed_snapshot, embedder, seed_settings):
+    answer = ask(
+        seed_snapshot, embedder, "Were child protection visits completed within the agreed timescales?", seed_settings
+    )
+    quoting = [c for c in answer.citations if "child protection visits were not being completed" in c.quote]
+    assert quoting and all(c.doc_id == LETTER for c in quoting)
+
+
+def test_check_citations_rejects_tampering(seed_snapshot, embedder, seed_settings):
+    answer = ask(seed_snapshot, embedder, "When did the focused visit take place?", seed_settings)
+    good = answer.citations
+    with pytest.raises(CitationInvalid):
+        check_citations(seed_snapshot, answer.answer + " [9]", good)
+    with pytest.raises(CitationInvalid):
+        check_citations(seed_snapshot, re.sub(r"\[\d+\]", "", answer.answer), good)
+    shifted = [c.model_copy(update={"start": c.start + 1}) for c in good]
+    with pytest.raises(CitationInvalid):
+        check_citations(seed_snapshot, answer.answer, shifted)
+    assert citations(seed_snapshot, []) == []
+
+
+def test_follow_up_is_expanded_and_returned_as_query(seed_snapshot, embedder, seed_settings):
+    history = [
+        Message(role="user", content="How many agency staff had Wakefield recruited?"),
+        Message(role="assistant", content="Senior managers had recruited 29 agency staff [1]"),
+    ]
+    query, focus = standalone("And in Kirklees?", history)
+    assert "Kirklees" in query and "agency staff" in query and "Wakefield" not in query
+    answer = ask(seed_snapshot, embedder, "And in Kirklees?", seed_settings, history=history)
+    assert answer.query == query
+    _invariants(seed_snapshot, answer)
+    pronoun, focus = standalone("Who replaced him?", [
+        Message(role="user", content="Who was Wakefield's director of children's services?"),
+        Message(role="assistant", content="The previous director John Wilson had left in November. [1]"),
+    ])
+    assert "John Wilson" in pronoun and focus == "Who replaced him"
+    assert standalone("When did the focused visit take place?", history)[0] == "When did the focused visit take place?"
+    assert standalone("Anything?", [])[0] == "Anything?"
+
+
+def test_follow_up_gives_something_new(seed_snapshot, embedder, seed_settings):
+    first = ask(seed_snapshot, embedder, "Who were the inspectors on the focused visit?", seed_settings)
+    history = [Message(role="user", content="Who were the inspectors on the focused visit?"),
+               Message(role="assistant", content=first.answer)]
+    second = ask(seed_snapshot, embedder, "When did they visit?", seed_settings, history=history)
+    assert {c.quote for c in second.citations}.isdisjoint({c.quote for c in first.citations})
+
+
+def test_bad_questions_and_top_k(seed_snapshot, embedder, seed_settings):
+    for question in ["", "   ", "x" * (seed_settings.max_question_chars + 1)]:
+        with pytest.raises(BadInput):
+            ask(seed_snapshot, embedder, question, seed_settings)
+    for k in (0, seed_settings.max_top_k + 1, 10**9):
+        with pytest.raises(BadInput):
+            passages(seed_snapshot, embedder, "caseloads", seed_settings, k)
+
+
+def test_passages_have_exact_offsets(seed_snapshot, embedder, seed_settings):
+    found = passages(seed_snapshot, embedder, "social workers caseloads morale", seed_settings, 5)
+    assert 1 <= len(found) <= 5
+    for p in found:
+        assert seed_snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
+
+
+def test_answer_kinds():
+    assert expected("When did it happen?") == DATE
+    assert expected("In which month was it?") == DATE
+    assert expected("How many staff?") == NUMBER
+    assert expected("Who leads the council?") == PERSON
+    assert expected("Why did it fail?") is None
+    assert offers(DATE, "It met on 27 February 2018.", "When did it meet?")
+    assert not offers(DATE, "It met in 2018.", "When in 2018 did it meet?")
+    assert offers(PERSON, "Council leader Peter Box said so.", "Who leads the council?")
+    assert not offers(PERSON, "Wakefield Council said so.", "Who leads the council?")
+    assert not offers(NUMBER, "There were high sickness rates.", "How many were off sick?")
+
+
+@pytest.mark.slow
+def test_cli_ask_readable_and_json(seed_settings):
+    env = {"CITEQA_HOME": str(seed_settings.home), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "app.cli", "ask", "When did the focused visit take place?"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "[1]" in out and "Sources:" in out and "Focused visit to Wakefield Council" in out
+    raw = subprocess.run([sys.executable, "-m", "app.cli", "ask", "--json", "What is the capital of France?"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert '"abstained":true' in raw
+    missing = subprocess.run([sys.executable, "-m", "app.cli", "ask", "anything"],
+                             env={**env, "CITEQA_HOME": str(seed_settings.home / "nowhere")}, cwd=ROOT,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "citeqa ingest" in missing.stderr
