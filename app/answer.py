@@ -26,7 +26,9 @@ _MARKER = re.compile(r"\[(\d+)\]")
 class Answerer(Protocol):
     """Turns retrieved evidence into an answer; the seam for an optional generative answerer."""
 
-    def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
+    def compose(
+        self, snapshot: Snapshot, found: Retrieval, settings: Settings
+    ) -> tuple[str, bool, list[Evidence]]:
         """Return the answer text (with `[n]` markers), whether it abstains, and the cited evidence."""
         ...
 
@@ -34,7 +36,9 @@ class Answerer(Protocol):
 class ExtractiveAnswerer:
     """The default answerer: the best evidence sentences themselves, verbatim, in document order."""
 
-    def compose(self, snapshot: Snapshot, found: Retrieval, settings: Settings) -> tuple[str, bool, list[Evidence]]:
+    def compose(
+        self, snapshot: Snapshot, found: Retrieval, settings: Settings
+    ) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
         # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer.
         best = next((ev for ev in found.sentences if ev.offers), None)
@@ -48,7 +52,8 @@ class ExtractiveAnswerer:
             ev
             for ev in found.sentences
             if ev.offers
-            and ev.score >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
+            and ev.score
+            >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
         ]
         chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
         # Readable order: official documents first, then by best sentence; each document in its own order.
@@ -57,7 +62,10 @@ class ExtractiveAnswerer:
             doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
         chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
         doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
-        parts = [f"{text[ev.start : ev.end]} [{i}]" for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)]
+        parts = [
+            f"{text[ev.start : ev.end]} [{i}]"
+            for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)
+        ]
         return " ".join(parts), False, chosen
 
 
@@ -71,7 +79,9 @@ def _distinct(snapshot: Snapshot, ranked: list[Evidence], limit: int) -> list[Ev
     chosen: list[Evidence] = []
     for ev in ranked:
         words = set(snapshot.sentence_terms[ev.row])
-        twin = next((i for i, c in enumerate(chosen) if _overlap(words, set(snapshot.sentence_terms[c.row]))), None)
+        twin = next(
+            (i for i, c in enumerate(chosen) if _overlap(words, set(snapshot.sentence_terms[c.row]))), None
+        )
         if twin is None:
             if len(chosen) < limit:
                 chosen.append(ev)
@@ -161,7 +171,9 @@ def _said_before(snapshot: Snapshot, history: list[Message]) -> frozenset[str]:
     return frozenset(part.strip() for part in _MARKER.split(last) if len(part.strip()) > 20)
 
 
-def passages(snapshot: Snapshot, embedder: Embedder, question: str, settings: Settings, top_k: int | None) -> list[Passage]:
+def passages(
+    snapshot: Snapshot, embedder: Embedder, question: str, settings: Settings, top_k: int | None
+) -> list[Passage]:
     """The best chunks for a question, best first."""
     question = validate_question(question, settings)
     k = _top_k(top_k, settings)
@@ -172,8 +184,13 @@ def passages(snapshot: Snapshot, embedder: Embedder, question: str, settings: Se
         start, end = int(snapshot.chunk_start[pos]), int(snapshot.chunk_end[pos])
         out.append(
             Passage(
-                doc_id=doc.doc_id, title=doc.title, source=doc.source, text=doc.text[start:end],
-                start=start, end=end, score=round(score, 4),
+                doc_id=doc.doc_id,
+                title=doc.title,
+                source=doc.source,
+                text=doc.text[start:end],
+                start=start,
+                end=end,
+                score=round(score, 4),
             )
         )
     return out

@@ -1,15 +1,15 @@
 """The `citeqa` command: ingest, ask, serve, eval."""
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import CiteqaError
 from app.settings import get_settings
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
+def _progress_bar() -> Callable[[str, int, int], None] | None:
     """A tqdm bar per stage when stderr is a terminal, nothing otherwise."""
     if not sys.stderr.isatty():
         return None
@@ -30,7 +30,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.build import ingest
 
     settings = get_settings()
-    summary = ingest(Path(args.dir or settings.corpus), settings, get_embedder(), args.rebuild, _progress_bar())
+    summary = ingest(
+        Path(args.dir or settings.corpus), settings, get_embedder(), args.rebuild, _progress_bar()
+    )
     if args.json:
         print(summary.model_dump_json())
         return 0

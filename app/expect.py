@@ -13,16 +13,51 @@ _NUMBER_WORDS = (
     "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|"
     "hundred|thousand|million|billion|half|dozen|double|doubling|twice|several|many|few|all|most|majority"
 )
-_NUMBER = re.compile(rf"(?:[£$€]\s?)?\d[\d,.]*\s*(?:%|per\s?cent|m\b|bn\b|k\b)?|\b(?:{_NUMBER_WORDS})\b", re.I)
+_NUMBER = re.compile(
+    rf"(?:[£$€]\s?)?\d[\d,.]*\s*(?:%|per\s?cent|m\b|bn\b|k\b)?|\b(?:{_NUMBER_WORDS})\b", re.I
+)
 # Two or more capitalised words: a person's or organisation's name ("Beate Wagner", "Rotherham Council").
 _NAME = re.compile(r"(?:[A-Z][a-z'’-]+|[A-Z]{2,})(?:\s+(?:of\s+|de\s+|van\s+)?(?:[A-Z][a-z'’-]+|[A-Z]{2,}))+")
 _TITLED = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof|Coun|Cllr|Sir|Dame|Lord|Lady)\.?\s+[A-Z][a-z'’-]+")
 # Words that make a capitalised run an institution or a heading rather than a person.
 _INSTITUTION = {
-    "council", "board", "committee", "service", "services", "department", "agency", "authority", "office",
-    "government", "ministry", "court", "police", "hospital", "school", "university", "college", "trust",
-    "children", "children's", "children’s", "local", "safeguarding", "inspection", "framework", "director",
-    "plan", "report", "act", "county", "city", "metropolitan", "borough", "district", "hub", "centre", "team",
+    "council",
+    "board",
+    "committee",
+    "service",
+    "services",
+    "department",
+    "agency",
+    "authority",
+    "office",
+    "government",
+    "ministry",
+    "court",
+    "police",
+    "hospital",
+    "school",
+    "university",
+    "college",
+    "trust",
+    "children",
+    "children's",
+    "children’s",
+    "local",
+    "safeguarding",
+    "inspection",
+    "framework",
+    "director",
+    "plan",
+    "report",
+    "act",
+    "county",
+    "city",
+    "metropolitan",
+    "borough",
+    "district",
+    "hub",
+    "centre",
+    "team",
 }
 
 DATE, NUMBER, PERSON, NAME = "date", "number", "person", "name"
@@ -32,14 +67,22 @@ def expected(question: str) -> str | None:
     """The answer type the question asks for, if it names one."""
     q = question.lower().strip()
     if re.match(r"(?:and\s+)?when\b", q) or re.search(
-        r"\b(?:what|which|in what|in which|on what|on which)\s+(?:year|month|date|day|decade|century|months|years)\b", q
+        r"\b(?:what|which|in what|in which|on what|on which)\s+(?:year|month|date|day|decade|century|months|years)\b",
+        q,
     ):
         return DATE
-    if re.search(r"\bhow (?:many|much|long|old|often|far)\b|\b(?:what|which) (?:percentage|proportion|number|share)\b", q):
+    if re.search(
+        r"\bhow (?:many|much|long|old|often|far)\b|\b(?:what|which) (?:percentage|proportion|number|share)\b",
+        q,
+    ):
         return NUMBER
-    if re.match(r"(?:and\s+)?(?:who|whom)\b", q) or re.search(r"\bwho (?:is|was|were|are|did|has|had)\b|\bname of\b", q):
+    if re.match(r"(?:and\s+)?(?:who|whom)\b", q) or re.search(
+        r"\bwho (?:is|was|were|are|did|has|had)\b|\bname of\b", q
+    ):
         return PERSON
-    if re.search(r"\b(?:which|what) (?:firm|company|organisation|organization|council|body|charity|consultancy)\b", q):
+    if re.search(
+        r"\b(?:which|what) (?:firm|company|organisation|organization|council|body|charity|consultancy)\b", q
+    ):
         return NAME
     return None
 

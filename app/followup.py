@@ -7,10 +7,38 @@ from app.schemas import Message
 from app.split import terms
 
 _LEAD = re.compile(r"^\s*(and|but|also|so|then|what about|how about|what of|and what about)\b[\s,]*", re.I)
-_PRONOUN = re.compile(r"\b(he|she|him|her|his|hers|they|them|their|it|its|this|that|these|those|there)\b", re.I)
+_PRONOUN = re.compile(
+    r"\b(he|she|him|her|his|hers|they|them|their|it|its|this|that|these|those|there)\b", re.I
+)
 _MARKER = re.compile(r"\[\d+\]")
-_QUESTION_WORDS = {"who", "whom", "whose", "what", "when", "where", "which", "why", "how", "did", "does", "do", "is",
-                   "are", "was", "were", "can", "could", "has", "have", "had", "in", "on", "at", "for", "and"}
+_QUESTION_WORDS = {
+    "who",
+    "whom",
+    "whose",
+    "what",
+    "when",
+    "where",
+    "which",
+    "why",
+    "how",
+    "did",
+    "does",
+    "do",
+    "is",
+    "are",
+    "was",
+    "were",
+    "can",
+    "could",
+    "has",
+    "have",
+    "had",
+    "in",
+    "on",
+    "at",
+    "for",
+    "and",
+}
 
 
 def is_follow_up(question: str) -> bool:

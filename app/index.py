@@ -1,5 +1,6 @@
 """The index on disk: immutable generations (Chroma + BM25 + sidecars) behind an atomic CURRENT pointer."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -84,7 +85,9 @@ class Snapshot:
         try:
             info = json.loads((generation / "generation.json").read_text())
             if info.get("format") != FORMAT:
-                raise IndexDamaged(f"index format {info.get('format')} is not {FORMAT}; run `citeqa ingest --rebuild`")
+                raise IndexDamaged(
+                    f"index format {info.get('format')} is not {FORMAT}; run `citeqa ingest --rebuild`"
+                )
             raw = json.loads((generation / "docs.json").read_text())
             self.vectors = np.load(generation / "sentences.npy", mmap_mode="r")
         except (OSError, ValueError, KeyError) as exc:
@@ -94,13 +97,24 @@ class Snapshot:
             ) from exc
         self.info = info
         self.docs: dict[str, Document] = {}
-        starts, ends, sent_doc = [], [], []
-        chunk_doc, chunk_first, chunk_count, chunk_start, chunk_end = [], [], [], [], []
+        starts: list[int] = []
+        ends: list[int] = []
+        sent_doc: list[int] = []
+        chunk_doc: list[int] = []
+        chunk_first: list[int] = []
+        chunk_count: list[int] = []
+        chunk_start: list[int] = []
+        chunk_end: list[int] = []
         self.chunk_ids: list[str] = []
         self.sentence_terms: list[list[str]] = []
         for d, item in enumerate(raw):
-            doc = Document(**{**item, "sentences": [tuple(s) for s in item["sentences"]],
-                              "chunks": [tuple(c) for c in item["chunks"]]})
+            doc = Document(
+                **{
+                    **item,
+                    "sentences": [tuple(s) for s in item["sentences"]],
+                    "chunks": [tuple(c) for c in item["chunks"]],
+                }
+            )
             self.docs[doc.doc_id] = doc
             base = len(starts)
             for s, e in doc.sentences:
@@ -141,7 +155,9 @@ class Snapshot:
         try:
             if self.chunk_ids:
                 client = chroma_client(self._settings, self.generation)
-                self._collection = client.get_collection(collection_name(self.generation), embedding_function=None)
+                self._collection = client.get_collection(
+                    collection_name(self.generation), embedding_function=None
+                )
                 self._bm25 = bm25s.BM25.load(str(self.generation / "bm25"), mmap=False)
         except Exception as exc:  # chromadb and bm25s raise many types for missing or damaged files
             raise IndexDamaged(
@@ -272,10 +288,9 @@ class Store:
         """Remove a generation's collection from a Chroma server (embedded stores go with the folder)."""
         if not self.settings.chroma_url:
             return
-        try:
+        # Already gone, or the server is down: the folder goes either way.
+        with contextlib.suppress(Exception):
             chroma_client(self.settings, generation).delete_collection(collection_name(generation))
-        except Exception:  # already gone, or the server is down: the folder goes either way
-            pass
 
 
 class Live:

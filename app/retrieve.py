@@ -103,7 +103,12 @@ def retrieve(
     lexical_of = {pos: score / top_lexical for pos, score in lexical}
     chunks = sorted(
         (
-            (pos, best + CHUNK_DENSE_WEIGHT * dense_of.get(pos, 0.0) + CHUNK_LEXICAL_WEIGHT * lexical_of.get(pos, 0.0))
+            (
+                pos,
+                best
+                + CHUNK_DENSE_WEIGHT * dense_of.get(pos, 0.0)
+                + CHUNK_LEXICAL_WEIGHT * lexical_of.get(pos, 0.0),
+            )
             for pos, best in best_in_chunk.items()
         ),
         key=lambda kv: -kv[1],

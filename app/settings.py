@@ -15,9 +15,16 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".citeqa"), description="Folder holding the index generations.")
     corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
     admin_token: str = Field("", description="Bearer token that enables POST /ingest; empty disables it.")
-    chroma_url: str = Field("", description="http(s)://host:port of a Chroma server; empty uses the embedded store.")
+    chroma_url: str = Field(
+        "", description="http(s)://host:port of a Chroma server; empty uses the embedded store."
+    )
     api_url: str = Field("", description="Base URL of the API the UI talks to; empty means this server.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; none by default."
+    )
+    example_questions: list[str] = Field(
+        default_factory=list, description="Starter questions for the UI; empty uses the manifest's `examples`."
+    )
 
     # Limits on what a caller may send.
     max_question_chars: int = 2000

@@ -3,17 +3,14 @@
 import html
 import re
 from datetime import date
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import gradio as gr
 import httpx
-import yaml
 
 from app.settings import Settings
 
-EXAMPLES_FILE = Path("evals/questions.yaml")
 EXAMPLE_COUNT = 4
 TIMEOUT_S = 120.0
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -187,22 +184,10 @@ def docs_html(docs: list[dict[str, Any]]) -> str:
 
 
 def example_questions(settings: Settings) -> list[str]:
-    """Starter questions: `settings.example_questions` if set, else answerable ones from the eval set."""
-    configured = getattr(settings, "example_questions", None)
-    if configured:
-        return [str(q) for q in configured][:EXAMPLE_COUNT]
-    try:
-        items = yaml.safe_load(EXAMPLES_FILE.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
-    if not isinstance(items, list):
-        return []
-    found = [
-        str(i["question"])
-        for i in items
-        if isinstance(i, dict) and i.get("question") and not i.get("unanswerable")
-    ]
-    return found[:EXAMPLE_COUNT]
+    """Starter questions: `settings.example_questions` if set, else the corpus manifest's `examples`."""
+    from ingest.build import read_examples
+
+    return (settings.example_questions or read_examples(settings.corpus))[:EXAMPLE_COUNT]
 
 
 class ApiError(Exception):

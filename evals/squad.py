@@ -31,15 +31,20 @@ def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[
     """Write one file per paragraph; return (answerable, unanswerable) questions with their document id."""
     data = json.loads(split.read_text())["data"]
     folder.mkdir(parents=True, exist_ok=True)
-    answerable, unanswerable = [], []
+    answerable: list[dict[str, Any]] = []
+    unanswerable: list[dict[str, Any]] = []
     for article in data:
         name = re.sub(r"[^a-z0-9]+", "-", article["title"].lower()).strip("-")
         for i, para in enumerate(article["paragraphs"]):
             stem = f"{name}-{i:03d}"
             (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
             for qa in para["qas"]:
-                item = {"id": qa["id"], "question": qa["question"], "doc_id": f"{stem}.txt",
-                        "answers": sorted({a["text"] for a in qa["answers"]})}
+                item = {
+                    "id": qa["id"],
+                    "question": qa["question"],
+                    "doc_id": f"{stem}.txt",
+                    "answers": sorted({a["text"] for a in qa["answers"]}),
+                }
                 (unanswerable if qa["is_impossible"] else answerable).append(item)
     return answerable, unanswerable
 
@@ -48,7 +53,9 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
 
 
-def run(settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]) -> dict[str, Any]:
+def run(
+    settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Score retrieval and answers on the given questions."""
     from evals.metrics import hit_at_k, mrr, percentile
 
@@ -58,7 +65,9 @@ def run(settings: Settings, answerable: list[dict[str, Any]], unanswerable: list
     contains, first_cite, false_abstain, latencies = 0, 0, 0, []
     scores_answerable = []
     for item in answerable:
-        docs = list(dict.fromkeys(p.doc_id for p in passages(snapshot, embedder, item["question"], settings, 20)))
+        docs = list(
+            dict.fromkeys(p.doc_id for p in passages(snapshot, embedder, item["question"], settings, 20))
+        )
         ranks.append(docs.index(item["doc_id"]) + 1 if item["doc_id"] in docs else None)
         t = time.perf_counter()
         result = ask(snapshot, embedder, item["question"], settings)
@@ -97,7 +106,9 @@ def prepare(home: Path | None) -> tuple[Settings, list[dict[str, Any]], list[dic
     return settings, answerable, unanswerable
 
 
-def calibrate(settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]) -> None:
+def calibrate(
+    settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
+) -> None:
     """Print, per threshold, the false-abstention and abstention rates on the calibration sample."""
     snapshot = Store(settings).open()
     embedder = get_embedder()

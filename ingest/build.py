@@ -49,23 +49,43 @@ def doc_id_for(rel: str) -> str:
     return slug or "document"
 
 
-def read_manifest(root: Path, skipped: list[Skipped]) -> dict[str, dict[str, str]]:
-    """Per-file metadata from corpus/manifest.yaml; a broken manifest is reported, not fatal."""
-    path = root / MANIFEST
-    if not path.is_file():
-        return {}
+def read_manifest(root: Path, skipped: list[Skipped] | None = None) -> dict[str, dict[str, str]]:
+    """Per-file metadata from the `documents` map of corpus/manifest.yaml; a broken manifest is reported."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError("not a mapping of file name to fields")
+        data = _manifest(root)
+        documents = data.get("documents") or {}
+        if not isinstance(documents, dict):
+            raise ValueError("`documents` is not a mapping of file name to fields")
         return {
             str(name): {k: "" if fields.get(k) is None else str(fields.get(k)) for k in META_FIELDS}
-            for name, fields in data.items()
+            for name, fields in documents.items()
             if isinstance(fields, dict)
         }
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        skipped.append(Skipped(path=MANIFEST, reason=f"manifest ignored: {exc}".splitlines()[0][:300]))
+        if skipped is not None:
+            skipped.append(Skipped(path=MANIFEST, reason=f"manifest ignored: {exc}".splitlines()[0][:300]))
         return {}
+
+
+def read_examples(root: Path) -> list[str]:
+    """The starter questions listed under `examples` in corpus/manifest.yaml, if any."""
+    try:
+        examples = _manifest(root).get("examples") or []
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return []
+    return (
+        [str(q) for q in examples if isinstance(q, str | int | float)] if isinstance(examples, list) else []
+    )
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError("the manifest is not a mapping")
+    return data
 
 
 def scan(root: Path, settings: Settings, skipped: list[Skipped]) -> list[Source]:
@@ -278,10 +298,10 @@ def _write(
 ) -> None:
     """Write every file of a generation; nothing points at it until `publish`."""
     import bm25s
-    from llama_index.core.schema import TextNode
+    from llama_index.core.schema import BaseNode, TextNode
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    nodes: list[TextNode] = []
+    nodes: list[BaseNode] = []
     chunk_terms: list[list[str]] = []
     row = 0
     for doc in documents:
@@ -298,7 +318,9 @@ def _write(
                     excluded_llm_metadata_keys=["doc_id", "start", "end"],
                 )
             )
-            chunk_terms.append([t for line in doc.sentence_terms[first : first + count] for t in line.split()])
+            chunk_terms.append(
+                [t for line in doc.sentence_terms[first : first + count] for t in line.split()]
+            )
         row += len(doc.sentences)
     if nodes:
         client = chroma_client(settings, generation)

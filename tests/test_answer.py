@@ -40,15 +40,25 @@ def test_out_of_domain_question_abstains_with_closest_material(seed_snapshot, em
 
 
 def test_figure_question_answers_with_the_figure(seed_snapshot, embedder, seed_settings):
-    answer = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", seed_settings)
+    answer = ask(
+        seed_snapshot, embedder, "How many agency staff had senior managers recruited?", seed_settings
+    )
     assert "29 agency staff" in answer.answer
     _invariants(seed_snapshot, answer)
 
 
 @pytest.mark.parametrize(
     "question",
-    ["Who replaced the previous director?", "What did the MP say?", "and in Kirklees?", "rating", "¿Qué pasó?",
-     "<script>alert(1)</script>", "x" * 2000, "When " * 300],
+    [
+        "Who replaced the previous director?",
+        "What did the MP say?",
+        "and in Kirklees?",
+        "rating",
+        "¿Qué pasó?",
+        "<script>alert(1)</script>",
+        "x" * 2000,
+        "When " * 300,
+    ],
 )
 def test_invariants_hold_for_any_question(seed_snapshot, embedder, seed_settings, question):
     _invariants(seed_snapshot, ask(seed_snapshot, embedder, question, seed_settings))
@@ -56,7 +66,10 @@ def test_invariants_hold_for_any_question(seed_snapshot, embedder, seed_settings
 
 def test_official_letter_preferred_when_press_repeats_it(seed_snapshot, embedder, seed_settings):
     answer = ask(
-        seed_snapshot, embedder, "Were child protection visits completed within the agreed timescales?", seed_settings
+        seed_snapshot,
+        embedder,
+        "Were child protection visits completed within the agreed timescales?",
+        seed_settings,
     )
     quoting = [c for c in answer.citations if "child protection visits were not being completed" in c.quote]
     assert quoting and all(c.doc_id == LETTER for c in quoting)
@@ -85,19 +98,27 @@ def test_follow_up_is_expanded_and_returned_as_query(seed_snapshot, embedder, se
     answer = ask(seed_snapshot, embedder, "And in Kirklees?", seed_settings, history=history)
     assert answer.query == query
     _invariants(seed_snapshot, answer)
-    pronoun, focus = standalone("Who replaced him?", [
-        Message(role="user", content="Who was Wakefield's director of children's services?"),
-        Message(role="assistant", content="The previous director John Wilson had left in November. [1]"),
-    ])
+    pronoun, focus = standalone(
+        "Who replaced him?",
+        [
+            Message(role="user", content="Who was Wakefield's director of children's services?"),
+            Message(role="assistant", content="The previous director John Wilson had left in November. [1]"),
+        ],
+    )
     assert "John Wilson" in pronoun and focus == "Who replaced him"
-    assert standalone("When did the focused visit take place?", history)[0] == "When did the focused visit take place?"
+    assert (
+        standalone("When did the focused visit take place?", history)[0]
+        == "When did the focused visit take place?"
+    )
     assert standalone("Anything?", [])[0] == "Anything?"
 
 
 def test_follow_up_gives_something_new(seed_snapshot, embedder, seed_settings):
     first = ask(seed_snapshot, embedder, "Who were the inspectors on the focused visit?", seed_settings)
-    history = [Message(role="user", content="Who were the inspectors on the focused visit?"),
-               Message(role="assistant", content=first.answer)]
+    history = [
+        Message(role="user", content="Who were the inspectors on the focused visit?"),
+        Message(role="assistant", content=first.answer),
+    ]
     second = ask(seed_snapshot, embedder, "When did they visit?", seed_settings, history=history)
     assert {c.quote for c in second.citations}.isdisjoint({c.quote for c in first.citations})
 
@@ -134,13 +155,29 @@ def test_answer_kinds():
 @pytest.mark.slow
 def test_cli_ask_readable_and_json(seed_settings):
     env = {"CITEQA_HOME": str(seed_settings.home), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "ask", "When did the focused visit take place?"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "When did the focused visit take place?"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "[1]" in out and "Sources:" in out and "Focused visit to Wakefield Council" in out
-    raw = subprocess.run([sys.executable, "-m", "app.cli", "ask", "--json", "What is the capital of France?"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    raw = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "--json", "What is the capital of France?"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert '"abstained":true' in raw
-    missing = subprocess.run([sys.executable, "-m", "app.cli", "ask", "anything"],
-                             env={**env, "CITEQA_HOME": str(seed_settings.home / "nowhere")}, cwd=ROOT,
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "anything"],
+        env={**env, "CITEQA_HOME": str(seed_settings.home / "nowhere")},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "citeqa ingest" in missing.stderr

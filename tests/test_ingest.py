@@ -20,8 +20,20 @@ from ingest.load import load
 from tests.conftest import CORPUS, ROOT, make_settings
 
 LETTER = "ofsted-focused-visit-letter-wakefield-2018-03-22.md"
-FURNITURE = ["Hide Ad", "READ:", "cookies", "Your browser", "Stock image", "Comment", "Have your say",
-             "Click links below", "More like this", "You must sign in", "**", "###"]
+FURNITURE = [
+    "Hide Ad",
+    "READ:",
+    "cookies",
+    "Your browser",
+    "Stock image",
+    "Comment",
+    "Have your say",
+    "Click links below",
+    "More like this",
+    "You must sign in",
+    "**",
+    "###",
+]
 
 
 def test_offsets_of_every_chunk_and_sentence(seed_snapshot):
@@ -71,7 +83,13 @@ def test_incremental_unchanged_edited_deleted(tmp_path: Path, corpus_copy: Path,
     assert first.chunks_embedded == Store(settings).open().n_chunks
 
     again = ingest(corpus_copy, settings, embedder)
-    assert (again.added, again.updated, again.removed, again.unchanged, again.chunks_embedded) == (0, 0, 0, 5, 0)
+    assert (again.added, again.updated, again.removed, again.unchanged, again.chunks_embedded) == (
+        0,
+        0,
+        0,
+        5,
+        0,
+    )
 
     edited = corpus_copy / "kirklees-widespread-failings.txt"
     edited.write_text(edited.read_text() + "\nThe council published a new improvement plan in December.\n")
@@ -89,7 +107,10 @@ def test_incremental_unchanged_edited_deleted(tmp_path: Path, corpus_copy: Path,
     snapshot = Store(settings).open()
     assert "kirklees-widespread-failings.txt" not in snapshot.docs
     found = snapshot.lexical(["kirkle"], 50) + snapshot.dense(embedder.encode(["Kirklees"])[0], 50)
-    assert all(snapshot.doc_list[int(snapshot.chunk_doc[p])].doc_id != "kirklees-widespread-failings.txt" for p, _ in found)
+    assert all(
+        snapshot.doc_list[int(snapshot.chunk_doc[p])].doc_id != "kirklees-widespread-failings.txt"
+        for p, _ in found
+    )
     assert snapshot.n_chunks == len(snapshot.chunk_ids) == snapshot._collection.count()
 
 
@@ -101,7 +122,9 @@ def test_bad_files_are_skipped_with_reasons(tmp_path: Path, corpus_copy: Path, e
     (corpus_copy / "image.png").write_bytes(b"\x89PNG\r\n")
     (corpus_copy / "huge.txt").write_bytes(b"word " * 5000)
     (corpus_copy / "only-furniture.txt").write_text("Hide Ad\nHide Ad\n")
-    (corpus_copy / "latin1.txt").write_bytes("Caf\xe9 owners said the council\x92s plan was late.".encode("latin-1"))
+    (corpus_copy / "latin1.txt").write_bytes(
+        "Caf\xe9 owners said the council\x92s plan was late.".encode("latin-1")
+    )
     outside = tmp_path / "secret.txt"
     outside.write_text("A secret sentence outside the corpus.")
     (corpus_copy / "link.txt").symlink_to(outside)
@@ -130,7 +153,9 @@ def test_html_pdf_docx_and_script_stripping(tmp_path: Path, embedder: Embedder):
         "<html><head><title>T</title><script>alert(1)</script></head><body><nav>Home | News</nav>"
         "<p>The council met on Monday.</p><p>It agreed a plan.<img src=x onerror=alert(1)></p></body></html>"
     )
-    (corpus / "note.txt").write_text("Plain words here.<script>document.cookie</script> More words <b>bold</b>.")
+    (corpus / "note.txt").write_text(
+        "Plain words here.<script>document.cookie</script> More words <b>bold</b>."
+    )
     document = docx.Document()
     document.add_paragraph("The word document says the budget rose.")
     document.save(str(corpus / "memo.docx"))
@@ -184,8 +209,11 @@ def test_kill_during_ingest_keeps_old_index(tmp_path: Path, embedder: Embedder):
     live = Store(settings).current()
     env = {**os.environ, "CITEQA_HOME": str(home)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "ingest", str(corpus), "--json"], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "app.cli", "ingest", str(corpus), "--json"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     # Wait until the new generation folder exists, i.e. the run is past scanning, then kill it hard.
     deadline = time.time() + 120
@@ -206,7 +234,9 @@ def test_kill_during_ingest_keeps_old_index(tmp_path: Path, embedder: Embedder):
     assert len(list(home.glob("gen-*"))) <= 2
 
 
-def test_damaged_index_gives_clear_message_and_rebuild_recovers(tmp_path: Path, corpus_copy: Path, embedder: Embedder):
+def test_damaged_index_gives_clear_message_and_rebuild_recovers(
+    tmp_path: Path, corpus_copy: Path, embedder: Embedder
+):
     settings = make_settings(tmp_path / "home")
     ingest(corpus_copy, settings, embedder)
     live = Store(settings).current()
@@ -224,7 +254,11 @@ def test_cli_ingest_json(tmp_path: Path, corpus_copy: Path):
     env = {**os.environ, "CITEQA_HOME": str(tmp_path / "home")}
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "ingest", str(corpus_copy), "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     summary = json.loads(out.stdout)
     assert set(summary) == {"added", "updated", "removed", "unchanged", "chunks_embedded", "skipped"}
@@ -240,3 +274,19 @@ def test_no_default_embedding_function_or_openai(seed_snapshot):
 def test_missing_corpus_is_a_clear_error(tmp_path: Path, embedder: Embedder):
     with pytest.raises(Exception, match="does not exist"):
         ingest(tmp_path / "nope", Settings(home=tmp_path / "h"), embedder)
+
+
+def test_manifest_metadata_and_examples(seed_snapshot, tmp_path: Path, embedder: Embedder):
+    from ingest.build import read_examples
+
+    letter = seed_snapshot.docs[LETTER.lower()]
+    assert (letter.publisher, letter.published, letter.kind) == ("Ofsted", "2018-03-22", "official letter")
+    assert seed_snapshot.docs["kirklees-widespread-failings.txt"].publisher == ""
+    assert len(read_examples(CORPUS)) >= 3
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("A sentence about ferries.")
+    (corpus / "manifest.yaml").write_text("documents: [not, a, mapping]\n")
+    summary = ingest(corpus, make_settings(tmp_path / "home"), embedder)
+    assert summary.added == 1 and "manifest ignored" in summary.skipped[0].reason
+    assert read_examples(corpus) == []

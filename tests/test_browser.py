@@ -1,0 +1,290 @@
+"""The UI in Debian's Chromium against a real server: cited answers, the source view, follow-ups, abstentions,
+and markup in documents or questions shown as text, never run."""
+
+import html
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_e2e import serve, stop
+
+from app.embed import Embedder
+from app.settings import Settings
+from app.ui import answer_html, as_text, citation_line, source_html
+from ingest.build import ingest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SEED_QUESTION = "When did the focused visit take place?"
+FOLLOW_UP = "Who carried it out?"
+UNANSWERABLE = "What is the capital of France?"
+XSS_FILE = "zz-lantern-pilot-notes.txt"
+XSS_QUESTION = "When did the Harrowgate lantern pilot begin?"
+IMG = '<img src=x onerror="window.__pwned=1">'
+SCRIPT = "<script>window.__pwned=1</script>"
+# Entities survive the loader's tag stripping and cleaning decodes them, so the indexed text holds live
+# markup; the raw tags further down are stripped at ingest, and must not run either way.
+XSS_TEXT = f"""Lantern pilot notes {html.escape(IMG, quote=False)}
+
+The Harrowgate lantern pilot began on 4 May 1999 under the logbook heading {html.escape(SCRIPT)} (clerk).
+
+{SCRIPT}
+{IMG}
+
+The lantern pilot was paid for by the Harrowgate parish council, which voted for it in March 1999.
+"""
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def site(
+    seed_settings: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real server on the seed index, copied and extended with a document full of markup."""
+    root = tmp_path_factory.mktemp("browser")
+    home, corpus = root / "home", root / "corpus"
+    shutil.copytree(seed_settings.home, home)
+    shutil.copytree(seed_settings.corpus, corpus)
+    (corpus / XSS_FILE).write_text(XSS_TEXT, encoding="utf-8")
+    summary = ingest(corpus, seed_settings.model_copy(update={"home": home, "corpus": corpus}), embedder)
+    assert summary.added == 1
+    proc, base = serve(home, corpus, root / "server.log")
+    try:
+        yield base
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless (Playwright's own browser download cannot run offline)."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium; run `make browser`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, site: str) -> Iterator[Any]:
+    """A fresh page on the UI, with any dialog (an injected alert) recorded and dismissed."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.dialogs = []
+
+    def on_dialog(dialog: Any) -> None:
+        tab.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.on("dialog", on_dialog)
+    tab.goto(f"{site}/ui/")
+    tab.wait_for_selector("#cq-question textarea", timeout=60_000)
+    yield tab
+    context.close()
+
+
+def api_ask(site: str, question: str, history: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """What the API answers, for comparing with what the page shows."""
+    response = httpx.post(f"{site}/ask", json={"question": question, "history": history or []}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def ask_ui(page: Any, question: str, answers: int) -> Any:
+    """Type a question, press Ask, and return the bot message once the `answers`-th answer is shown."""
+    page.fill("#cq-question textarea", question)
+    page.click("#cq-ask")
+    page.wait_for_function(
+        f"document.querySelectorAll('#cq-chat .cq-answer').length >= {answers}", timeout=60_000
+    )
+    page.wait_for_function("document.querySelector('#cq-question textarea').value === ''", timeout=10_000)
+    return page.locator('#cq-chat [data-testid="bot"]').nth(answers - 1)
+
+
+def squash(text: str) -> str:
+    """Whitespace-insensitive text, as the browser lays it out."""
+    return " ".join(text.split())
+
+
+def open_source(page: Any, n: int) -> None:
+    """Choose citation [n] in the sources panel and wait for its highlighted quote."""
+    page.locator("#cq-pick label").filter(has_text=f"[{n}]").first.click()
+    page.wait_for_selector("#cq-source mark", timeout=30_000)
+
+
+def assert_not_executed(page: Any) -> None:
+    """Nothing injected ran: no flag, no alert, no image or script element made from document or question."""
+    page.wait_for_timeout(500)  # an <img onerror> fires within milliseconds of being parsed
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.dialogs == []
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("#cq-chat script, #cq-source script, #cq-documents script").count() == 0
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_cited_answer_source_view_follow_up_and_abstention(page: Any, site: str) -> None:
+    assert page.get_by_text("Example questions").is_visible()
+    expected = api_ask(site, SEED_QUESTION)
+    assert expected["citations"] and not expected["abstained"]
+
+    message = ask_ui(page, SEED_QUESTION, 1)
+    quotes = [squash(q) for q in message.locator(".cq-quote").all_inner_texts()]
+    assert quotes == [f"“{squash(c['quote'])}”" for c in expected["citations"]]
+    titles = message.locator(".cq-card .cq-title").all_inner_texts()
+    assert titles == [c["title"] for c in expected["citations"]]
+    assert message.locator(".cq-abstain").count() == 0
+
+    first = expected["citations"][0]
+    open_source(page, first["n"])
+    assert squash(page.inner_text("#cq-source mark")) == squash(first["quote"])
+    doc = httpx.get(f"{site}/documents/{first['doc_id']}", timeout=30).json()
+    line = page.input_value("#cq-citation textarea")
+    assert line.startswith(f"“{squash(first['quote'])}” — {doc['title']}")
+    if doc["publisher"]:
+        assert doc["publisher"] in line
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ROOT / "docs").mkdir(exist_ok=True)
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / "ui-answer.png"))
+    shutil.copyfile(ARTIFACTS / "ui-answer.png", ROOT / "docs" / "ui-screenshot.png")
+
+    marker = message.locator("a.cq-marker").first
+    marker.click()
+    card = page.locator(f"#{marker.get_attribute('href')[1:]}")
+    assert "cq-flash" in (card.get_attribute("class") or "")
+
+    history = [
+        {"role": "user", "content": SEED_QUESTION},
+        {"role": "assistant", "content": expected["answer"]},
+    ]
+    follow = api_ask(site, FOLLOW_UP, history)
+    message = ask_ui(page, FOLLOW_UP, 2)
+    assert [squash(q) for q in message.locator(".cq-quote").all_inner_texts()] == [
+        f"“{squash(c['quote'])}”" for c in follow["citations"]
+    ]
+    assert (message.locator(".cq-abstain").count() > 0) == follow["abstained"]
+
+    message = ask_ui(page, UNANSWERABLE, 3)
+    assert "Not answered by the documents" in message.inner_text()
+    if api_ask(site, UNANSWERABLE)["citations"]:
+        assert "Closest material — not an answer" in message.inner_text()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_markup_in_a_document_is_shown_as_text(page: Any, site: str) -> None:
+    doc_id = next(
+        d["doc_id"] for d in httpx.get(f"{site}/documents", timeout=30).json() if d["path"] == XSS_FILE
+    )
+    text = httpx.get(f"{site}/documents/{doc_id}", timeout=30).json()["text"]
+    expected = api_ask(site, XSS_QUESTION)
+    cited = [c for c in expected["citations"] if c["doc_id"] == doc_id]
+    assert cited, expected
+
+    message = ask_ui(page, XSS_QUESTION, 1)
+    shown = message.inner_text()
+    for c in cited:
+        assert squash(c["quote"]) in squash(shown)
+    open_source(page, cited[0]["n"])
+    source = page.inner_text("#cq-source")
+    page.click("text=Documents in the index")
+    page.wait_for_timeout(300)
+    for literal in (IMG, SCRIPT):
+        if literal in text:
+            assert literal in source
+    if IMG in text:
+        assert IMG in page.inner_text("#cq-documents")
+    assert_not_executed(page)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_markup_in_a_question_is_shown_as_text(page: Any) -> None:
+    question = f"<img src=x onerror=window.__pwned=1> {XSS_QUESTION}"
+    ask_ui(page, question, 1)
+    assert question in page.locator('#cq-chat [data-testid="user"]').last.inner_text()
+    assert_not_executed(page)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_errors_are_messages_not_tracebacks(page: Any) -> None:
+    page.fill("#cq-question textarea", "x" * 2500)
+    page.click("#cq-ask")
+    page.wait_for_selector("text=longer than", timeout=30_000)
+    page.fill("#cq-question textarea", "   ")
+    page.click("#cq-ask")
+    page.wait_for_selector("text=Type a question first", timeout=30_000)
+    assert page.locator("#cq-chat .cq-answer").count() == 0
+    assert "Traceback" not in page.inner_text("body")
+
+
+# --- the rendering helpers, without a browser --------------------------------------------------------------
+
+
+def test_as_text_leaves_no_markup_or_markdown() -> None:
+    rendered = as_text(f"{IMG} {SCRIPT} **bold** [link](javascript:x) $$x$$ `code` &amp;")
+    assert not set("<>\"'*[]()`$") & set(rendered.replace("&#", ""))
+    assert html.unescape(rendered) == f"{IMG} {SCRIPT} **bold** [link](javascript:x) $$x$$ `code` &amp;"
+
+
+def test_answer_html_links_markers_to_escaped_cards() -> None:
+    citation = {
+        "n": 1,
+        "doc_id": "d",
+        "title": IMG,
+        "source": SCRIPT,
+        "published": "2018-03-22",
+        "url": "javascript:alert(1)",
+        "quote": f"A {SCRIPT} quote.",
+        "start": 0,
+        "end": 1,
+        "score": 1.0,
+    }
+    rendered = answer_html(
+        {"answer": f"A {IMG} quote. [1] [7]", "abstained": False, "citations": [citation]}, 3
+    )
+    assert '<a class="cq-marker" href="#cq-c3-1">[1]</a>' in rendered
+    assert 'id="cq-c3-1"' in rendered and "22 March 2018" in rendered
+    assert "<img" not in rendered and "<script" not in rendered and "javascript:alert" not in rendered
+    assert "cq-c3-7" not in rendered  # a marker without a citation stays plain text
+    abstained = answer_html({"answer": "No. [1]", "abstained": True, "citations": [citation]}, 1)
+    assert "Not answered by the documents" in abstained and "not an answer" in abstained
+
+
+def test_source_view_marks_exactly_the_quote_and_the_citation_line_is_briefing_ready() -> None:
+    text = f"Intro {SCRIPT}. The visit was in February. After."
+    start = text.index("The visit")
+    end = start + len("The visit was in February.")
+    citation = {"n": 1, "quote": text[start:end], "start": start, "end": end}
+    doc = {"title": "Letter", "publisher": "Ofsted", "published": "2018-03-22", "url": "https://x.example/l"}
+    doc["text"] = text
+    rendered = source_html(citation, doc)
+    assert "<mark>The visit was in February.</mark>" in rendered
+    assert "<script" not in rendered and "&lt;script&gt;" in rendered
+    moved = source_html({**citation, "start": 0}, doc)
+    assert "<mark>" not in moved and "no longer" in moved
+    line = citation_line(citation, doc)
+    assert line == "“The visit was in February.” — Letter, Ofsted, 22 March 2018, https://x.example/l"
+    assert citation_line(citation, {**doc, "publisher": "", "url": ""}) == (
+        "“The visit was in February.” — Letter, 22 March 2018"
+    )
