@@ -8,7 +8,7 @@ from app.embed import Embedder
 from app.errors import BadInput, CitationInvalid
 from app.followup import standalone
 from app.index import Snapshot
-from app.retrieve import Evidence, Retrieval, retrieve
+from app.retrieve import Evidence, Retrieval, missing_entities, retrieve
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
 
@@ -20,6 +20,7 @@ DUPLICATE_OVERLAP = 0.6
 # own wording joins more readily, since a briefing should cite the primary source over press coverage.
 SUPPORT_RATIO = 0.9
 OFFICIAL_SUPPORT_RATIO = 0.65
+NAME_CONTEXT = 2
 _MARKER = re.compile(r"\[(\d+)\]")
 
 
@@ -41,21 +42,22 @@ class ExtractiveAnswerer:
     ) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
         # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer.
-        best = next((ev for ev in found.sentences if ev.offers), None)
-        if best is None or best.score < settings.abstain_threshold or found.missing_entities:
-            closest = _distinct(snapshot, found.sentences, 3)
-            markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
-            text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
-            return text, True, closest
+        usable = [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
+        best = usable[0] if usable else None
+        if best is None or best.score < settings.abstain_threshold:
+            return self._abstain(snapshot, found)
         floor = settings.abstain_threshold
         strong = [
             ev
-            for ev in found.sentences
-            if ev.offers
-            and ev.score
+            for ev in usable
+            if ev.score
             >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
         ]
         chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
+        # Every name the question gives must occur near the answer: in the chosen sentences' chunks or in
+        # those of the best-scoring sentences around them.
+        if missing_entities(snapshot, found.focus, chosen + found.sentences[:NAME_CONTEXT]):
+            return self._abstain(snapshot, found)
         # Readable order: official documents first, then by best sentence; each document in its own order.
         doc_rank: dict[int, tuple[bool, int]] = {}
         for ev in chosen:
@@ -67,6 +69,21 @@ class ExtractiveAnswerer:
             for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)
         ]
         return " ".join(parts), False, chosen
+
+    def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
+        """Say the documents do not answer, and show the closest material as such."""
+        closest = _distinct(snapshot, found.sentences, 3)
+        markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
+        text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
+        return text, True, closest
+
+
+def _heading(snapshot: Snapshot, ev: Evidence) -> bool:
+    """A title, heading or address line: no closing punctuation and not a list item. It labels, not answers."""
+    text = snapshot.doc_list[ev.doc].text
+    if re.search(r"""[.!?:;"”’')\]]$""", text[ev.start : ev.end]):
+        return False
+    return not re.search(r"(?:^|\n)[-•*·–—] $", text[max(0, ev.start - 3) : ev.start])
 
 
 def _official(snapshot: Snapshot, ev: Evidence) -> bool:

@@ -28,8 +28,6 @@ ECHO_PENALTY = 0.15
 REPEAT_PENALTY = 0.3
 # Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
 TYPED_SENTENCES = 40
-# Chunks of the best sentences in which every name of the question must occur.
-EVIDENCE_CHUNKS = 3
 # Fused candidates whose sentences are scored.
 SCORED_CHUNKS = 20
 _ENTITY = re.compile(r"(?<![\w'’])(?:[A-Z][\w'’-]*[A-Za-z]|\d[\d,.]*\d|\d)")
@@ -56,7 +54,7 @@ class Retrieval:
     query_terms: list[str]
     chunks: list[tuple[int, float]]
     sentences: list[Evidence]
-    missing_entities: list[str] = field(default_factory=list)
+    focus: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -114,9 +112,8 @@ def retrieve(
         key=lambda kv: -kv[1],
     )
     sentences.sort(key=lambda ev: -ev.score)
-    missing = _missing_entities(snapshot, focus, sentences)
     timings["score"] = (time.perf_counter() - t2) * 1000
-    return Retrieval(query, query_terms, chunks, sentences, missing, timings)
+    return Retrieval(query, query_terms, chunks, sentences, focus, timings)
 
 
 def _score_sentences(
@@ -178,12 +175,12 @@ def _judge(
             ev.score -= REPEAT_PENALTY
 
 
-def _missing_entities(snapshot: Snapshot, query: str, sentences: list[Evidence]) -> list[str]:
-    """Names and figures of the query that none of the best evidence's chunks (or their titles) mention."""
+def missing_entities(snapshot: Snapshot, question: str, evidence: list[Evidence]) -> list[str]:
+    """Names and figures of the question that none of the evidence's chunks (or their titles) mention."""
     haystack: set[str] = set()
-    for pos in list(dict.fromkeys(ev.chunk for ev in sentences))[:EVIDENCE_CHUNKS]:
+    for pos in dict.fromkeys(ev.chunk for ev in evidence):
         first, count = int(snapshot.chunk_first[pos]), int(snapshot.chunk_count[pos])
         for row in range(first, first + count):
             haystack.update(snapshot.sentence_terms[row])
         haystack.update(snapshot.title_terms(int(snapshot.chunk_doc[pos])))
-    return [e for e in entities(query) if not set(terms(e)) <= haystack]
+    return [e for e in entities(question) if not set(terms(e)) <= haystack]

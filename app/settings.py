@@ -23,7 +23,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS; none by default."
     )
     example_questions: list[str] = Field(
-        default_factory=list, description="Starter questions for the UI; empty uses the manifest's `examples`."
+        default_factory=list,
+        description="Starter questions for the UI; empty uses the manifest's `examples`.",
     )
 
     # Limits on what a caller may send.
