@@ -26,9 +26,9 @@ ingest: install
 run: install ingest
 	$(CITEQA) serve --host $(HOST) --port $(PORT)
 
+# The eval gate runs inside pytest (tests/test_evals.py).
 test: install browser
 	$(PY) -m pytest -q
-	$(CITEQA) eval
 
 eval: install
 	$(CITEQA) eval
