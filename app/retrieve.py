@@ -77,7 +77,7 @@ def retrieve(
     focus = focus or query
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    vector = embedder.encode([query])[0]
+    vector = embedder.encode_query(query)
     t1 = time.perf_counter()
     timings["embed"] = (t1 - t0) * 1000
     query_terms = terms(query)

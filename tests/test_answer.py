@@ -181,3 +181,12 @@ def test_cli_ask_readable_and_json(seed_settings):
         text=True,
     )
     assert missing.returncode == 2 and "citeqa ingest" in missing.stderr
+
+
+def test_query_encoding_matches_batch_encoding(embedder):
+    import numpy as np
+
+    texts = ["When did the focused visit take place?", "Kirklees", "¿Qué pasó? 🙂 " * 40]
+    batch = embedder.encode(texts)
+    for text, row in zip(texts, batch, strict=True):
+        assert np.allclose(embedder.encode_query(text), row, atol=1e-5)
