@@ -150,6 +150,10 @@ def validate_question(question: str, settings: Settings) -> str:
     question = question.strip()
     if not question:
         raise BadInput("question is empty")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput("question is not valid UTF-8 text") from exc
     if len(question) > settings.max_question_chars:
         raise BadInput(f"question is longer than {settings.max_question_chars} characters")
     return question

@@ -33,8 +33,23 @@ from app.settings import Settings, get_settings
 
 UI_PATH = "/ui"
 NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
+# Names the generation a response was computed from, so a caller can check quotes against that very text.
+GENERATION_HEADER = "X-Citeqa-Generation"
+# Gradio routes that store a caller's files on the server; the UI has no file inputs, so none is needed.
+_UPLOAD_PATHS = {f"{UI_PATH}/gradio_api/upload", f"{UI_PATH}/upload"}
 
+_STAMPED: dict[str, Any] = {
+    "headers": {
+        GENERATION_HEADER: {
+            "description": "The index generation (`gen-NNNNNN`) this response was computed from.",
+            "schema": {"type": "string", "pattern": "^gen-[0-9]{6}$"},
+        }
+    }
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    200: _STAMPED,
+    400: {"description": "The body is not valid UTF-8, or its Content-Length is not a number."},
+    413: {"description": "The body is larger than the server's limit."},
     422: {"description": "The request is malformed or outside the limits; `detail` says what is wrong."},
     503: {"description": "No index is built yet (run `citeqa ingest`), or it cannot be read."},
 }
@@ -110,6 +125,19 @@ class BodyLimit:
             await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send)
 
 
+class NoUploads:
+    """Refuse Gradio's upload routes: the UI takes no files, and an open upload route stores anyone's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").rstrip("/") in _UPLOAD_PATHS:
+            await JSONResponse({"detail": "this server accepts no file uploads"}, 404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -133,8 +161,19 @@ SnapshotDep = Annotated[Snapshot, Depends(_snapshot)]
 _bearer = HTTPBearer(auto_error=False, description="The server's CITEQA_ADMIN_TOKEN.")
 
 
+def _stamp(response: Response, snapshot: Snapshot) -> Snapshot:
+    """Name the snapshot's generation in the response, and hand the snapshot on."""
+    response.headers[GENERATION_HEADER] = snapshot.generation.name
+    return snapshot
+
+
 def _check_limits(question: str, top_k: int | None, history_len: int, settings: Settings) -> str:
     """Every input limit, checked before the index is touched so bad input never waits on a model."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can spell lone surrogates (\ud800); the tokenizer cannot take them.
+        raise BadInput("question is not valid Unicode text (it contains lone surrogates)") from None
     question = validate_question(question, settings)
     if top_k is not None and not 1 <= top_k <= settings.max_top_k:
         raise BadInput(f"top_k must be between 1 and {settings.max_top_k}")
@@ -170,9 +209,11 @@ def _routes(app: FastAPI) -> None:
     def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/health", response_model=Health, tags=["status"], responses={503: _ERRORS[503]})
-    def health(snapshot: SnapshotDep) -> Health:
-        """Whether an index is loaded, and how big it is."""
+    @app.get("/health", response_model=Health, tags=["status"], responses={200: _STAMPED, 503: _ERRORS[503]})
+    def health(snapshot: SnapshotDep, response: Response) -> Health:
+        """Whether an index is loaded (and its vector store answers), and how big it is."""
+        _stamp(response, snapshot)
+        snapshot.check()
         return Health(status="ok", documents=len(snapshot.docs), chunks=snapshot.n_chunks)
 
     @app.post("/ask", response_model=Answer, tags=["answers"], responses=_ERRORS)
@@ -181,10 +222,12 @@ def _routes(app: FastAPI) -> None:
         settings: SettingsDep,
         live: LiveDep,
         embedder: EmbedderDep,
+        response: Response,
     ) -> Answer:
         """Answer a question with `[n]` markers, each backed by a verbatim quote from a document."""
         question = _check_limits(body.question, body.top_k, len(body.history), settings)
-        return ask(live.get(), embedder, question, settings, history=body.history, top_k=body.top_k)
+        snapshot = _stamp(response, live.get())
+        return ask(snapshot, embedder, question, settings, history=body.history, top_k=body.top_k)
 
     @app.post("/retrieve", response_model=RetrieveResponse, tags=["answers"], responses=_ERRORS)
     def retrieve_route(
@@ -192,26 +235,33 @@ def _routes(app: FastAPI) -> None:
         settings: SettingsDep,
         live: LiveDep,
         embedder: EmbedderDep,
+        response: Response,
     ) -> RetrieveResponse:
         """The best passages for a question, best first, without composing an answer."""
         question = _check_limits(body.question, body.top_k, 0, settings)
-        return RetrieveResponse(passages=passages(live.get(), embedder, question, settings, body.top_k))
+        snapshot = _stamp(response, live.get())
+        return RetrieveResponse(passages=passages(snapshot, embedder, question, settings, body.top_k))
 
     @app.get(
-        "/documents", response_model=list[DocumentInfo], tags=["documents"], responses={503: _ERRORS[503]}
+        "/documents",
+        response_model=list[DocumentInfo],
+        tags=["documents"],
+        responses={200: _STAMPED, 503: _ERRORS[503]},
     )
-    def documents(snapshot: SnapshotDep) -> list[DocumentInfo]:
+    def documents(snapshot: SnapshotDep, response: Response) -> list[DocumentInfo]:
         """Every indexed document's metadata."""
+        _stamp(response, snapshot)
         return [DocumentInfo(**_info(doc)) for doc in snapshot.doc_list]
 
     @app.get(
         "/documents/{doc_id}",
         response_model=DocumentDetail,
         tags=["documents"],
-        responses={404: {"description": "No document has this id."}, 503: _ERRORS[503]},
+        responses={200: _STAMPED, 404: {"description": "No document has this id."}, 503: _ERRORS[503]},
     )
-    def document(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
+    def document(doc_id: str, snapshot: SnapshotDep, response: Response) -> DocumentDetail:
         """A document's cleaned text (what citation offsets index into) and what cleaning removed."""
+        _stamp(response, snapshot)
         # A lookup in the index, never a filesystem path: ids like `../../etc/passwd` simply do not exist.
         doc = snapshot.docs.get(doc_id)
         if doc is None:
@@ -225,6 +275,7 @@ def _routes(app: FastAPI) -> None:
         response_model=IngestSummary,
         tags=["admin"],
         responses={
+            200: _STAMPED,
             401: {"description": "No bearer token was sent."},
             403: {"description": "The bearer token is wrong."},
             404: {"description": "Ingest over HTTP is disabled (CITEQA_ADMIN_TOKEN is not set)."},
@@ -236,6 +287,7 @@ def _routes(app: FastAPI) -> None:
         live: LiveDep,
         embedder: EmbedderDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        response: Response,
     ) -> IngestSummary:
         """Bring the index in line with the server's corpus folder; answers switch to it once published."""
         from ingest.build import ingest
@@ -249,7 +301,7 @@ def _routes(app: FastAPI) -> None:
         if not hmac.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
             raise HTTPException(403, "the bearer token is wrong")
         summary = ingest(settings.corpus, settings, embedder)
-        live.get()
+        _stamp(response, live.get())  # the generation now live, opened before the next request needs it
         return summary
 
 
@@ -279,6 +331,11 @@ def _handlers(app: FastAPI) -> None:
             detail = "request body is not valid UTF-8 JSON"
         return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Still a bug, and uvicorn logs its traceback; the caller gets JSON and no trace of the internals.
+        return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API with the UI mounted at /ui; the embedder and index holder are created once, in the lifespan."""
@@ -301,6 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(NoUploads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from app.errors import CiteqaError
+from app.errors import BadInput, CiteqaError
 from app.settings import get_settings
 
 
@@ -30,9 +30,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.build import ingest
 
     settings = get_settings()
-    summary = ingest(
-        Path(args.dir or settings.corpus), settings, get_embedder(), args.rebuild, _progress_bar()
-    )
+    corpus = Path(args.dir or settings.corpus)
+    if not corpus.is_dir():
+        # Say so before spending seconds loading the model.
+        raise BadInput(f"corpus folder {corpus} does not exist")
+    summary = ingest(corpus, settings, get_embedder(), args.rebuild, _progress_bar())
     if args.json:
         print(summary.model_dump_json())
         return 0

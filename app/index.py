@@ -5,13 +5,16 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -21,6 +24,8 @@ from app.split import terms
 
 FORMAT = 1
 _GENERATION = re.compile(r"^gen-(\d{6})$")
+# The file naming this index among others that share a Chroma server.
+INDEX_ID = "INDEX_ID"
 
 
 @dataclass
@@ -60,21 +65,40 @@ def chroma_client(settings: Settings, generation: Path) -> Any:
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     if settings.chroma_url:
-        from urllib.parse import urlparse
-
-        url = urlparse(settings.chroma_url)
-        return chromadb.HttpClient(
-            host=url.hostname or "127.0.0.1",
-            port=url.port or 8000,
-            ssl=url.scheme == "https",
-            settings=chroma_settings,
-        )
+        host, port, ssl = chroma_address(settings.chroma_url)
+        return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chroma_settings)
     return chromadb.PersistentClient(path=str(generation / "chroma"), settings=chroma_settings)
 
 
+def chroma_address(chroma_url: str) -> tuple[str, int, bool]:
+    """Host, port and whether to use TLS, from CITEQA_CHROMA_URL (Chroma's own default port is 8000)."""
+    url = urlparse(chroma_url)
+    ssl = url.scheme == "https"
+    return url.hostname or "127.0.0.1", url.port or (443 if ssl else 8000), ssl
+
+
+def _unreachable(settings: Settings, exc: Exception) -> str:
+    """What to say when the vector store does not answer."""
+    if settings.chroma_url:
+        host, port, _ = chroma_address(settings.chroma_url)  # not the URL itself: it may carry credentials
+        return (
+            f"the Chroma server at {host}:{port} did not answer ({exc.__class__.__name__}: {exc}); "
+            "check that it is running and that CITEQA_CHROMA_URL is right"
+        )
+    return f"the embedded vector store cannot be opened ({exc.__class__.__name__}: {exc})"
+
+
 def collection_name(generation: Path) -> str:
-    """One collection per generation, so a server can hold several generations at once."""
-    return f"citeqa-{generation.name}"
+    """One collection per generation, so a server can hold several generations at once.
+
+    The index's own id is part of the name, so that two indexes on one Chroma server neither collide nor
+    prune each other's collections; an index built before ids existed keeps its `citeqa-gen-NNNNNN` names.
+    """
+    try:
+        index_id = (generation.parent / INDEX_ID).read_text().strip()
+    except FileNotFoundError:
+        index_id = ""
+    return f"citeqa-{index_id}-{generation.name}" if index_id else f"citeqa-{generation.name}"
 
 
 class Snapshot:
@@ -152,18 +176,31 @@ class Snapshot:
         """Open the Chroma collection and the BM25 index."""
         import bm25s
 
+        if not self.chunk_ids:
+            return
         try:
-            if self.chunk_ids:
-                client = chroma_client(self._settings, self.generation)
-                self._collection = client.get_collection(
-                    collection_name(self.generation), embedding_function=None
-                )
-                self._bm25 = bm25s.BM25.load(str(self.generation / "bm25"), mmap=False)
+            client = chroma_client(self._settings, self.generation)
+        except Exception as exc:  # a server that is down or refuses us is not a damaged index
+            raise IndexDamaged(_unreachable(self._settings, exc)) from exc
+        try:
+            self._collection = client.get_collection(
+                collection_name(self.generation), embedding_function=None
+            )
+            self._bm25 = bm25s.BM25.load(str(self.generation / "bm25"), mmap=False)
         except Exception as exc:  # chromadb and bm25s raise many types for missing or damaged files
             raise IndexDamaged(
                 f"the index at {self.generation} cannot be opened ({exc.__class__.__name__}: {exc}); "
                 "run `citeqa ingest --rebuild`"
             ) from exc
+
+    def check(self) -> None:
+        """Make sure a Chroma server still holds this generation's vectors (embedded stores are local files)."""
+        if not self._settings.chroma_url or not self.chunk_ids:
+            return
+        try:
+            self._collection.count()
+        except Exception as exc:  # connection errors and a dropped collection alike
+            raise IndexDamaged(_unreachable(self._settings, exc)) from exc
 
     def title_terms(self, d: int) -> set[str]:
         """The terms of a document's title, computed once per snapshot."""
@@ -180,9 +217,16 @@ class Snapshot:
         """Nearest chunks by cosine similarity: (chunk position, similarity)."""
         if not self.chunk_ids:
             return []
-        found = self._collection.query(
-            query_embeddings=[query_vector.tolist()], n_results=min(n, self.n_chunks), include=["distances"]
-        )
+        try:
+            found = self._collection.query(
+                query_embeddings=[query_vector.tolist()],
+                n_results=min(n, self.n_chunks),
+                include=["distances"],
+            )
+        except Exception as exc:  # the server went away, or lost the collection, after the snapshot opened
+            if self._settings.chroma_url:
+                raise IndexDamaged(_unreachable(self._settings, exc)) from exc
+            raise
         return [
             (self.chunk_pos[cid], 1.0 - float(dist))
             for cid, dist in zip(found["ids"][0], found["distances"][0], strict=True)
@@ -249,9 +293,25 @@ class Store:
             yield
 
     def new_generation(self) -> Path:
-        """Create an empty folder for the next generation."""
-        numbers = [int(m.group(1)) for p in self.home.iterdir() if (m := _GENERATION.match(p.name))]
-        generation = self.home / f"gen-{max(numbers, default=0) + 1:06d}"
+        """Create an empty folder for the next generation, first clearing what a killed ingest left."""
+        generations = sorted(p for p in self.home.iterdir() if _GENERATION.match(p.name))
+        # The caller holds the lock, so folders newer than the live one are a killed ingest's leftovers. They
+        # go now, so that `prune` keeps the real previous generation rather than a half-written one; their
+        # numbers are not reused, so a name never means two different sets of vectors on a Chroma server.
+        try:
+            live = self.current()
+            leftovers = [g for g in generations if live is None or g.name > live.name]
+        except IndexDamaged:
+            leftovers = []  # a damaged pointer says nothing about which folders are whole; `--rebuild` fixes it
+        for leftover in leftovers:
+            self.drop_collection(leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        if not generations and not (self.home / INDEX_ID).exists():
+            tmp = self.home / f"{INDEX_ID}.tmp"
+            tmp.write_text(secrets.token_hex(6) + "\n")
+            os.replace(tmp, self.home / INDEX_ID)
+        last = max((int(g.name[4:]) for g in generations), default=0)
+        generation = self.home / f"gen-{last + 1:06d}"
         generation.mkdir()
         return generation
 
@@ -296,11 +356,15 @@ class Store:
 class Live:
     """The snapshot a server answers from; swapped whole when a new generation is published."""
 
+    # After a failed switch, how long to keep answering from the old snapshot before trying again.
+    RETRY_S = 1.0
+
     def __init__(self, settings: Settings) -> None:
         self.store = Store(settings)
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._version: tuple[int, int] = (0, 0)
+        self._failed: tuple[tuple[int, int], float] | None = None
 
     def get(self) -> Snapshot:
         """The newest published snapshot; a request keeps the one it got, so it never sees a mix."""
@@ -308,6 +372,25 @@ class Live:
         if self._snapshot is None or version != self._version:
             with self._lock:
                 if self._snapshot is None or version != self._version:
-                    snapshot = self.store.open()
-                    self._snapshot, self._version = snapshot, version
+                    self._switch(version)
+        assert self._snapshot is not None
         return self._snapshot
+
+    def _switch(self, version: tuple[int, int]) -> None:
+        """Open the generation CURRENT names; if it cannot be opened, keep serving the one already open.
+
+        A host whose CITEQA_HOME is a synced copy may see CURRENT before the generation it names has
+        arrived in full: its answers stay on the old generation until the new one opens.
+        """
+        if self._snapshot is not None and self._failed is not None:
+            failed_version, at = self._failed
+            if failed_version == version and time.monotonic() - at < self.RETRY_S:
+                return
+        try:
+            snapshot = self.store.open()
+        except (IndexMissing, IndexDamaged):
+            if self._snapshot is None:
+                raise
+            self._failed = (version, time.monotonic())
+            return
+        self._snapshot, self._version, self._failed = snapshot, version, None

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 
 class Message(BaseModel):
@@ -53,7 +53,7 @@ class AskRequest(BaseModel):
     """Body of POST /ask."""
 
     question: str = Field(examples=["When did the focused visit take place?"])
-    top_k: int | None = Field(None, examples=[5])
+    top_k: StrictInt | None = Field(None, examples=[5])
     history: list[Message] = Field(default_factory=list)
 
 
@@ -61,7 +61,7 @@ class RetrieveRequest(BaseModel):
     """Body of POST /retrieve."""
 
     question: str = Field(examples=["social workers caseloads"])
-    top_k: int | None = Field(None, examples=[5])
+    top_k: StrictInt | None = Field(None, examples=[5])
 
 
 class RetrieveResponse(BaseModel):
