@@ -190,3 +190,15 @@ def test_query_encoding_matches_batch_encoding(embedder):
     batch = embedder.encode(texts)
     for text, row in zip(texts, batch, strict=True):
         assert np.allclose(embedder.encode_query(text), row, atol=1e-5)
+
+
+
+def test_concurrent_queries_are_exact(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    texts = [f"Question number {i} about social workers in Wakefield?" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        vectors = list(pool.map(embedder.encode_query, texts))
+    assert np.allclose(np.vstack(vectors), embedder.encode(texts), atol=1e-5)
