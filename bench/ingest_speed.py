@@ -1,0 +1,73 @@
+"""Ingest wall time against the floor: a bare SentenceTransformer.encode of the same texts, same process."""
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.embed import Embedder
+from app.index import Store
+from app.settings import Settings
+from ingest.build import ingest
+
+
+def _bare(embedder: Embedder, texts: list[str]) -> float:
+    """Seconds for one bare encode on every core, with the batch size and normalisation ingest uses."""
+    import torch
+
+    # The app may pin torch to one thread for queries; the floor is the model with the whole CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        t0 = time.perf_counter()
+        embedder.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+
+
+def _texts(home: Path, corpus: Path) -> tuple[list[str], list[str], int]:
+    """Chunk texts and distinct sentence texts of a built index, and its document count."""
+    docs = list(Store(Settings(home=home, corpus=corpus)).open().docs.values())
+    chunks = [d.text[s:e] for d in docs for _, s, e, _, _ in d.chunks]
+    # Ingest embeds each distinct sentence once and averages them into chunk vectors (ingest/build.py).
+    sentences = sorted({d.text[s:e] for d in docs for s, e in d.sentences})
+    return chunks, sentences, len(docs)
+
+
+def measure(corpus: Path, embedder: Embedder, runs: int, keep: Path) -> dict[str, Any]:
+    """Median of `runs` rounds of (fresh ingest, bare encode of its chunks, of its sentences); keeps the last index.
+
+    The three alternate round by round, so load from other processes hits them alike.
+    """
+    timings: dict[str, list[float]] = {"ingest": [], "chunks": [], "sentences": []}
+    shutil.rmtree(keep, ignore_errors=True)
+    homes = [Path(tempfile.mkdtemp(prefix="citeqa-bench-")) for _ in range(runs - 1)] + [keep]
+    for home in homes:
+        t0 = time.perf_counter()
+        summary = ingest(corpus, Settings(home=home, corpus=corpus), embedder, rebuild=True)
+        timings["ingest"].append(time.perf_counter() - t0)
+        chunks, sentences, documents = _texts(home, corpus)
+        timings["chunks"].append(_bare(embedder, chunks))
+        timings["sentences"].append(_bare(embedder, sentences))
+    for home in homes[:-1]:
+        shutil.rmtree(home, ignore_errors=True)
+    median = {k: statistics.median(v) for k, v in timings.items()}
+    return {
+        "documents": documents,
+        "chunks": len(chunks),
+        "sentences": len(sentences),
+        "chunks_embedded": summary.chunks_embedded,
+        "runs": runs,
+        "ingest_s": round(median["ingest"], 3),
+        "ingest_runs_s": [round(x, 3) for x in timings["ingest"]],
+        "chunks_per_s": round(len(chunks) / median["ingest"], 1),
+        "bare_encode_chunks_s": round(median["chunks"], 3),
+        "bare_encode_chunks_runs_s": [round(x, 3) for x in timings["chunks"]],
+        "bare_encode_sentences_s": round(median["sentences"], 3),
+        "ratio_to_bare": round(median["ingest"] / median["chunks"], 2),
+        "ratio_to_bare_sentences": round(median["ingest"] / median["sentences"], 2),
+    }
