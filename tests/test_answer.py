@@ -192,7 +192,6 @@ def test_query_encoding_matches_batch_encoding(embedder):
         assert np.allclose(embedder.encode_query(text), row, atol=1e-5)
 
 
-
 def test_concurrent_queries_are_exact(embedder):
     from concurrent.futures import ThreadPoolExecutor
 
