@@ -38,14 +38,14 @@ def _texts(home: Path, corpus: Path) -> tuple[list[str], list[str], int]:
     return chunks, sentences, len(docs)
 
 
-def measure(corpus: Path, embedder: Embedder, runs: int, keep: Path) -> dict[str, Any]:
+def measure(corpus: Path, embedder: Embedder, runs: int, work: Path) -> dict[str, Any]:
     """Median of `runs` rounds of (fresh ingest, bare encode of its chunks, of its sentences); keeps the last index.
 
-    The three alternate round by round, so load from other processes hits them alike.
+    The three alternate round by round, so load from other processes hits them alike; "home" is the kept index.
     """
     timings: dict[str, list[float]] = {"ingest": [], "chunks": [], "sentences": []}
-    shutil.rmtree(keep, ignore_errors=True)
-    homes = [Path(tempfile.mkdtemp(prefix="citeqa-bench-")) for _ in range(runs - 1)] + [keep]
+    # Always fresh folders: Chroma caches its client per path, so a path must never be reused in-process.
+    homes = [Path(tempfile.mkdtemp(prefix="home-", dir=work)) for _ in range(runs)]
     for home in homes:
         t0 = time.perf_counter()
         summary = ingest(corpus, Settings(home=home, corpus=corpus), embedder, rebuild=True)
@@ -57,6 +57,7 @@ def measure(corpus: Path, embedder: Embedder, runs: int, keep: Path) -> dict[str
         shutil.rmtree(home, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in timings.items()}
     return {
+        "home": homes[-1],
         "documents": documents,
         "chunks": len(chunks),
         "sentences": len(sentences),

@@ -198,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         answerable, unanswerable = write_corpus(SPLIT, squad_corpus)
         squad_qs = [item["question"] for item in answerable + unanswerable]
         random.Random(SEED).shuffle(squad_qs)
-        homes = {"seed": work / "seed-home", "squad": work / "squad-home"}
+        homes: dict[str, Path] = {}
         for name, corpus in (("seed", SEED_CORPUS), ("squad", squad_corpus)):
             if name in p.corpora:
                 log(f"{name}: ingest x{p.ingest_runs} and bare encode x{p.ingest_runs}")
-                results["ingest"][name] = timed_twice(
-                    f"{name} ingest",
-                    partial(ingest_speed.measure, corpus, embedder, p.ingest_runs, homes[name]),
+                measured = timed_twice(
+                    f"{name} ingest", partial(ingest_speed.measure, corpus, embedder, p.ingest_runs, work)
                 )
+                homes[name] = measured.pop("home")
+                results["ingest"][name] = measured
                 results["corpora"][name] = corpus_info(Settings(home=homes[name]))
         if built is not None:
             homes["synth"] = built.home
