@@ -152,34 +152,25 @@ def test_answer_kinds():
     assert not offers(NUMBER, "There were high sickness rates.", "How many were off sick?")
 
 
+def _cli_ask(home, *args, check=True):
+    """Run `citeqa ask` in a subprocess against the index at `home`."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", *args],
+        env={"CITEQA_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
 @pytest.mark.slow
 def test_cli_ask_readable_and_json(seed_settings):
-    env = {"CITEQA_HOME": str(seed_settings.home), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "ask", "When did the focused visit take place?"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _cli_ask(seed_settings.home, "When did the focused visit take place?").stdout
     assert "[1]" in out and "Sources:" in out and "Focused visit to Wakefield Council" in out
-    raw = subprocess.run(
-        [sys.executable, "-m", "app.cli", "ask", "--json", "What is the capital of France?"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    raw = _cli_ask(seed_settings.home, "--json", "What is the capital of France?").stdout
     assert '"abstained":true' in raw
-    missing = subprocess.run(
-        [sys.executable, "-m", "app.cli", "ask", "anything"],
-        env={**env, "CITEQA_HOME": str(seed_settings.home / "nowhere")},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    missing = _cli_ask(seed_settings.home / "nowhere", "anything", check=False)
     assert missing.returncode == 2 and "citeqa ingest" in missing.stderr
 
 
