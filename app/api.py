@@ -343,7 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.embedder = await anyio.to_thread.run_sync(get_embedder)
+        app.state.embedder = await anyio.to_thread.run_sync(get_embedder, settings.model_cache)
         app.state.live = Live(settings)
         # Open the index now so the first request does not pay for it; a server with no index still starts.
         with suppress(IndexMissing, IndexDamaged):

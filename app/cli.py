@@ -35,7 +35,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not corpus.is_dir():
         # Say so before spending seconds loading the model.
         raise BadInput(f"corpus folder {corpus} does not exist")
-    summary = ingest(corpus, settings, get_embedder(), args.rebuild, _progress_bar())
+    summary = ingest(corpus, settings, get_embedder(settings.model_cache), args.rebuild, _progress_bar())
     if args.json:
         print(summary.model_dump_json())
         return 0
@@ -49,10 +49,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    """Answer one question from the index, then exit without the seconds-long teardown of torch."""
+    """Answer one question from the index, then exit without the interpreter teardown."""
     status = _answer(args)
     # A read-only one-shot command: nothing is left to flush once stdout is, and skipping the interpreter's
-    # teardown of torch, transformers and Chroma saves 1-2 s of the wait.
+    # teardown of ONNX Runtime and Chroma saves part of the wait.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
@@ -66,7 +66,7 @@ def _answer(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     snapshot = Store(settings).open()
-    answer = ask(snapshot, get_embedder(), args.question, settings, top_k=args.top_k)
+    answer = ask(snapshot, get_embedder(settings.model_cache), args.question, settings, top_k=args.top_k)
     if args.json:
         print(answer.model_dump_json())
         return 0

@@ -1,5 +1,6 @@
 """Configuration: the one place that reads the environment."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +14,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CITEQA_", extra="ignore")
 
     home: Path = Field(Path(".citeqa"), description="Folder holding the index generations.")
+    model_cache: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "citeqa",
+        description="Folder for the embedding model exported to ONNX on first use.",
+    )
     corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
     admin_token: str = Field("", description="Bearer token that enables POST /ingest; empty disables it.")
     chroma_url: str = Field(

@@ -148,11 +148,8 @@ def measure_corpus(
     settings = Settings(home=home)
     texts = starter.chunk_texts(settings)
     vectors = starter.chunk_vectors(settings) if cached else None
-    with starter.torch_threads(results["machine"]["torch_threads"]):
-        index, build_s = starter.build(texts, starter_path, model, vectors)
-        q["starter"] = timed_twice(
-            f"{name} starter", lambda: starter.retrieve_latency(index, asked, p.warmup)
-        )
+    index, build_s = starter.build(texts, starter_path, model, vectors)
+    q["starter"] = timed_twice(f"{name} starter", lambda: starter.retrieve_latency(index, asked, p.warmup))
     q["starter_build_s"] = round(build_s, 1)
     q["ask_over_starter"] = round(q["ask"]["p50_ms"] / q["starter"]["p50_ms"], 2)
     results["query"][name] = q

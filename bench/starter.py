@@ -1,8 +1,6 @@
 """The llama-index starter over the same chunks: a Chroma-backed VectorStoreIndex, dense top-5, in-process."""
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +78,6 @@ def build(texts: list[str], path: Path, model: Any, vectors: np.ndarray | None =
         index = VectorStoreIndex.from_vector_store(store, embed_model=model)
     done.write_text("ok\n")
     return index, time.perf_counter() - t0
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with torch on `n` intra-op threads: the starter keeps torch's default, which ours changes."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def retrieve_latency(index: Any, questions: list[str], warmup: int) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class InProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="citeqa-eval-")
         # Always an embedded store: a shared Chroma server would mix (and prune) another index's collections.
         self.settings = settings.model_copy(update={"home": Path(self._tmp.name) / "index", "chroma_url": ""})
-        self.embedder = get_embedder()
+        self.embedder = get_embedder(settings.model_cache)
         ingest(corpus, self.settings, self.embedder)
         self.snapshot = Store(self.settings).open()
 

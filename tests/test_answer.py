@@ -192,3 +192,32 @@ def test_concurrent_queries_are_exact(embedder):
     with ThreadPoolExecutor(8) as pool:
         vectors = list(pool.map(embedder.encode_query, texts))
     assert np.allclose(np.vstack(vectors), embedder.encode(texts), atol=1e-5)
+
+
+def test_encoder_matches_sentence_transformers(embedder):
+    """The ONNX export computes what the packaged sentence-transformers model computes, to float precision."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from app.embed import model_path
+
+    reference = SentenceTransformer(str(model_path()), device="cpu")
+    # Short, empty, non-Latin, and past both the tokenizer file's 128 and the model's 256 token limits.
+    texts = ["Who inspected Wakefield?", "", "Ofsted’s café — 🙂 ¿Qué?", "inspection " * 150]
+    expected = reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(embedder.encode(texts), expected, atol=1e-5)
+    for text, row in zip(texts, expected, strict=True):
+        assert np.allclose(embedder.encode_query(text), row, atol=1e-5)
+
+
+def test_damaged_model_cache_is_exported_again(tmp_path, embedder):
+    import numpy as np
+
+    from app.embed import Embedder
+
+    first = Embedder(tmp_path)
+    assert first.onnx_file.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [first.onnx_file.name]
+    first.onnx_file.write_bytes(b"not a model")
+    again = Embedder(tmp_path)
+    assert np.allclose(again.encode_query("Kirklees"), embedder.encode_query("Kirklees"), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == [first.onnx_file.name]
