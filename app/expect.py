@@ -1,6 +1,9 @@
 """What kind of answer a question expects (a date, a number, a name) and whether a sentence offers one."""
 
 import re
+from collections.abc import Callable
+
+from app.split import is_stopword
 
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
@@ -17,7 +20,9 @@ _NUMBER = re.compile(
     rf"(?:[£$€]\s?)?\d[\d,.]*\s*(?:%|per\s?cent|m\b|bn\b|k\b)?|\b(?:{_NUMBER_WORDS})\b", re.I
 )
 # Two or more capitalised words: a person's or organisation's name ("Beate Wagner", "Rotherham Council").
-_NAME = re.compile(r"(?:[A-Z][a-z'’-]+|[A-Z]{2,})(?:\s+(?:of\s+|de\s+|van\s+)?(?:[A-Z][a-z'’-]+|[A-Z]{2,}))+")
+_NAME = re.compile(
+    r"(?:[A-Z][a-z'’-]+|[A-Z]{2,})(?:\s+(?:of\s+|de\s+|van\s+|[A-Z]\.\s+)?(?:[A-Z][a-z'’-]+|[A-Z]{2,}))+"
+)
 _TITLED = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof|Coun|Cllr|Sir|Dame|Lord|Lady)\.?\s+[A-Z][a-z'’-]+")
 # Words that make a capitalised run an institution or a heading rather than a person.
 _INSTITUTION = {
@@ -62,6 +67,58 @@ _INSTITUTION = {
 
 DATE, NUMBER, PERSON, NAME = "date", "number", "person", "name"
 
+# Nouns that denote people: "which two inspectors" asks for names as "who" does (the HUM:individual class
+# of Li and Roth's 2002 question taxonomy, which keys on the head noun after "which"/"what").
+_PERSON_NOUNS = (
+    "person|people|man|men|woman|women|individuals?|inspectors?|officers?|officials?|directors?|ministers?|"
+    "leaders?|managers?|chairs?|chairman|chairwoman|presidents?|commissioners?|councillors?|mayors?|mps?|"
+    "authors?|writers?|players?|kings?|queens?|emperors?|scientists?|artists?|composers?|actors?|"
+    "politicians?|spokes(?:man|woman|person)|executives?|founders?|inventors?|architects?"
+)
+# Nouns that denote organisations: the answer is a name or a noun phrase headed by such a noun.
+_ORG_NOUNS = (
+    "firms?|compan(?:y|ies)|organi[sz]ations?|councils?|bod(?:y|ies)|charit(?:y|ies)|consultanc(?:y|ies)|"
+    "committees?|boards?|groups?|teams?|agenc(?:y|ies)|departments?|panels?|parties|party|authorit(?:y|ies)|"
+    "institutions?|universit(?:y|ies)|schools?|newspapers?|businesses|business|banks?|ministr(?:y|ies)|"
+    "government|courts?|services?"
+)
+# Up to two modifiers may stand between "which" and the noun ("which two inspectors"), never a verb.
+_AUX = r"(?:did|does|do|is|was|were|are|has|have|had|will|would|can|could|should|may|might|must)\b"
+_GENERIC_ORG = r"bod(?:y|ies)|organi[sz]ations?|groups?|institutions?"
+_WHICH = rf"\b(?:which|what)\s+(?:(?!{_AUX})[\w'’-]+\s+){{0,2}}"
+_PERSON_Q = re.compile(rf"{_WHICH}(?:{_PERSON_NOUNS})\b", re.I)
+_ORG_Q = re.compile(rf"{_WHICH}(?P<head>{_ORG_NOUNS})\b", re.I)
+# An explicit unit ("as a percentage", "in pounds") makes only a figure in that unit an answer.
+_PERCENT_Q = re.compile(r"\b(?:as a |what |which )?percentage\b|\bper\s?cent\b|\bin percent\b", re.I)
+_PERCENT = re.compile(r"\d\s*%|\d\s*per\s?cent\b", re.I)
+_CURRENCY_Q = {
+    re.compile(r"\bin (?:pounds|sterling)\b|\bhow many pounds\b", re.I): re.compile(
+        r"£\s?\d|\d\s*pounds\b", re.I
+    ),
+    re.compile(r"\bin dollars\b|\bhow many dollars\b", re.I): re.compile(r"\$\s?\d|\d\s*dollars\b", re.I),
+    re.compile(r"\bin euros\b|\bhow many euros\b", re.I): re.compile(r"€\s?\d|\d\s*euros\b", re.I),
+}
+# "Exactly how many" asks for a precise figure: "many" or "a large number" does not answer it.
+_EXACT_Q = re.compile(r"\b(?:exactly|precisely)\b", re.I)
+_VAGUE = {"several", "many", "few", "all", "most", "majority", "half", "dozen", "double", "doubling", "twice"}
+# A figure inside a date ("27 and 28 February 2018", "in 2016") dates something; it does not count it.
+_DAY = r"\d\d?(?:st|nd|rd|th)?"
+_DATE_FIGURES = re.compile(
+    rf"\b{_DAY}(?:\s*(?:and|to|-|–)\s*{_DAY})?\s+(?:{_MONTHS})(?:,?\s+\d{{4}})?\b"
+    rf"|\b(?:{_MONTHS})\s+{_DAY}(?:,?\s+\d{{4}})?\b|\b(?:{_MONTHS})\s+\d{{4}}\b"
+    r"|\b(?:in|since|by|until|from|of|during|before|after)\s+(?:1[6-9]|20)\d\d\b",
+    re.I,
+)
+# Date granularity: "which month" is answered by a month, "which year" by a year, "day of the week" by a day.
+_MONTH_Q = re.compile(r"\b(?:which|what)\s+months?\b", re.I)
+_YEAR_Q = re.compile(r"\b(?:which|what)\s+years?\b", re.I)
+_WEEKDAY_Q = re.compile(r"\bday of the week\b", re.I)
+_GRANULE = {
+    "month": re.compile(rf"\b(?:{_MONTHS})\b", re.I),
+    "year": re.compile(r"\b(?:1[0-9]|20)\d\d\b"),
+    "weekday": re.compile(rf"\b(?:{_DAYS})\b", re.I),
+}
+
 
 def expected(question: str) -> str | None:
     """The answer type the question asks for, if it names one."""
@@ -74,40 +131,174 @@ def expected(question: str) -> str | None:
     if re.search(
         r"\bhow (?:many|much|long|old|often|far)\b|\b(?:what|which) (?:percentage|proportion|number|share)\b",
         q,
-    ):
+    ) or _unit(q):
         return NUMBER
-    if re.match(r"(?:and\s+)?(?:who|whom)\b", q) or re.search(
-        r"\bwho (?:is|was|were|are|did|has|had)\b|\bname of\b", q
+    if (
+        re.match(r"(?:and\s+)?(?:who|whom)\b", q)
+        or re.search(r"\bwho (?:is|was|were|are|did|has|had)\b|\bname of\b", q)
+        or _PERSON_Q.search(q)
     ):
         return PERSON
-    if re.search(
-        r"\b(?:which|what) (?:firm|company|organisation|organization|council|body|charity|consultancy)\b", q
-    ):
+    if _ORG_Q.search(q):
         return NAME
     return None
 
 
-def offers(kind: str | None, sentence: str, question: str) -> bool:
-    """Whether the sentence holds something of the expected kind that the question does not already say."""
+def offers(
+    kind: str | None, sentence: str, question: str, proper: Callable[[str], bool] | None = None
+) -> bool:
+    """Whether the sentence holds something of the expected kind that the question does not already say.
+
+    `proper` tells whether a capitalised word that opens a sentence is a proper noun (the document uses it
+    capitalised mid-sentence too, Mikheev's 1999 document-centred test); without it such words never count.
+    """
     if kind is None:
         return True
     asked = question.lower()
     if kind == DATE:
-        found = [m.group() for m in _DATE.finditer(sentence)]
+        granule = _granule(asked)
+        found = [m.group() for m in (granule or _DATE).finditer(sentence)]
     elif kind == NUMBER:
-        found = [m.group() for m in _NUMBER.finditer(sentence)]
+        found = _figures(sentence, asked)
     elif kind == PERSON:
         found = [m.group() for m in _TITLED.finditer(sentence)]
         found += [m.group() for m in _NAME.finditer(sentence) if not _institution(m.group())]
     else:
         found = [m.group() for m in _NAME.finditer(sentence)]
+        found += _proper_words(sentence, proper)
+        head = _ORG_Q.search(question)
+        if head:
+            # A generic head ("what body") is answered by any organisation noun it covers ("board").
+            generic = re.fullmatch(_GENERIC_ORG, head.group("head"), re.I)
+            for noun in (
+                re.findall(rf"\b(?:{_ORG_NOUNS})\b", sentence, re.I) if generic else [head.group("head")]
+            ):
+                found += _headed_phrases(sentence, noun)
     return any(not _said(f, asked) for f in found)
 
 
+def _unit(asked: str) -> re.Pattern[str] | None:
+    """The pattern a figure must match when the question names its unit."""
+    if _PERCENT_Q.search(asked):
+        return _PERCENT
+    return next((figure for q, figure in _CURRENCY_Q.items() if q.search(asked)), None)
+
+
+def _granule(asked: str) -> re.Pattern[str] | None:
+    if _WEEKDAY_Q.search(asked):
+        return _GRANULE["weekday"]
+    if _MONTH_Q.search(asked):
+        return _GRANULE["month"]
+    if _YEAR_Q.search(asked):
+        return _GRANULE["year"]
+    return None
+
+
+def _figures(sentence: str, asked: str) -> list[str]:
+    """The figures of a sentence that can answer a "how many" question: dates masked, units enforced."""
+    unit = _unit(asked)
+    if unit is not None:
+        return [m.group() for m in unit.finditer(sentence)]
+    text = _DATE_FIGURES.sub(" ", sentence)
+    found = [m.group() for m in _NUMBER.finditer(text)]
+    if _EXACT_Q.search(asked):
+        found = [f for f in found if f.strip().lower() not in _VAGUE]
+    return found
+
+
+def _proper_words(sentence: str, proper: Callable[[str], bool] | None) -> list[str]:
+    """Single capitalised words: names unless they only open the sentence (then `proper` decides)."""
+    out = []
+    for m in re.finditer(r"(?<![\w'’])[A-Z][a-z'’-]+", sentence):
+        word = m.group().rstrip("'’").removesuffix("'s").removesuffix("’s")
+        opening = not sentence[: m.start()].strip(" \"'“‘(")
+        if is_stopword(word):
+            continue
+        if not opening or (proper is not None and proper(word)):
+            out.append(word)
+    return out
+
+
+def _headed_phrases(sentence: str, head: str) -> list[str]:
+    """The modifiers of noun phrases ending in the question's head noun ("overview and scrutiny committee")."""
+    stem = re.escape(head.lower().rstrip("s")[:5])
+    found = []
+    for m in re.finditer(rf"((?:[\w'’-]+\s+){{1,4}}){stem}\w*", sentence, re.I):
+        modifiers: list[str] = []
+        # Walk back from the head to the determiner, possessive or verb that opens the phrase.
+        for word in reversed(m.group(1).lower().split()):
+            if word in _PHRASE_STOPS or word.endswith(("'s", "’s")):
+                break
+            modifiers.insert(0, word)
+        while modifiers and modifiers[0] in {"and", "or"}:
+            modifiers.pop(0)
+        if modifiers:
+            found.append(" ".join(modifiers))
+    return found
+
+
+_PHRASE_STOPS = {
+    "a",
+    "an",
+    "the",
+    "its",
+    "their",
+    "his",
+    "her",
+    "this",
+    "that",
+    "these",
+    "those",
+    "of",
+    "to",
+    "by",
+    "for",
+    "in",
+    "on",
+    "at",
+    "from",
+    "with",
+    "as",
+    "is",
+    "was",
+    "are",
+    "were",
+    "be",
+    "been",
+    "has",
+    "have",
+    "had",
+    "which",
+    "who",
+}
+
+
 def _institution(name: str) -> bool:
-    return any(w.lower() in _INSTITUTION for w in name.split())
+    return any(w.lower().removesuffix("'s").removesuffix("’s") in _INSTITUTION for w in name.split())
 
 
 def _said(found: str, asked: str) -> bool:
     """True when every word of the candidate already appears in the question."""
     return all(w in asked for w in re.findall(r"[\w'’£$€%]+", found.lower()))
+
+
+_WH = r"(?:who|whom|when|where|what|which|how|why)\b"
+_PART = re.compile(rf",?\s+and\s+(?={_WH})", re.I)
+
+
+def sub_questions(question: str) -> list[str]:
+    """The questions a coordinated question asks ("Who ..., and who ...?"), each to be answered on its own.
+
+    An elliptical part ("..., and when?") borrows the rest of the longest part, with its own question word.
+    """
+    body = question.strip().rstrip("?").strip()
+    parts = [p.strip() for p in _PART.split(body) if p.strip()]
+    if len(parts) < 2:
+        return [question]
+    main = max(parts, key=len)
+    out = []
+    for part in parts:
+        if len(part.split()) <= 2 and re.match(_WH, part, re.I) and re.match(_WH, main, re.I):
+            part = re.sub(rf"^{_WH}", part, main, count=1, flags=re.I)
+        out.append(part[0].upper() + part[1:] + "?")
+    return out

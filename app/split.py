@@ -188,6 +188,11 @@ _STOPWORDS = frozenset(
 )
 
 
+def is_stopword(word: str) -> bool:
+    """Whether a word is a function word ("the", "which"), never a name or a content word."""
+    return word.lower() in _STOPWORDS
+
+
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Split text[start:end] into sentences; return (start, end) offsets with surrounding space trimmed."""
     end = len(text) if end is None else end

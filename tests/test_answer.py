@@ -8,7 +8,7 @@ import pytest
 
 from app.answer import ABSTAIN_TEXT, ask, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
-from app.expect import DATE, NUMBER, PERSON, expected, offers
+from app.expect import DATE, NAME, NUMBER, PERSON, expected, offers, sub_questions
 from app.followup import standalone
 from app.schemas import Message
 from tests.conftest import ROOT
@@ -150,6 +150,21 @@ def test_answer_kinds():
     assert offers(PERSON, "Council leader Peter Box said so.", "Who leads the council?")
     assert not offers(PERSON, "Wakefield Council said so.", "Who leads the council?")
     assert not offers(NUMBER, "There were high sickness rates.", "How many were off sick?")
+    # Head nouns, units, date granularity and dates inside figures.
+    assert expected("Which two inspectors carried out the visit?") == PERSON
+    assert expected("What did inspectors find?") is None
+    assert expected("Which council committee met on Wednesday?") == NAME
+    assert offers(NAME, "It went to the overview and scrutiny committee.", "Which council committee met?")
+    assert not offers(NAME, "It went to the committee.", "Which council committee met?")
+    assert not offers(NUMBER, "Sickness rates are high, at 12 staff.", "What was the rate, as a percentage?")
+    assert offers(NUMBER, "Sickness was 12% last year.", "What was the rate, as a percentage?")
+    assert not offers(NUMBER, "They visited on 27 and 28 February 2018.", "How many cases were open?")
+    assert not offers(NUMBER, "There were many such cases.", "Exactly how many cases were open?")
+    assert not offers(DATE, "It was published in July.", "On which day of the week was it published?")
+    assert offers(DATE, "It was published on Friday.", "On which day of the week was it published?")
+    assert sub_questions("Who chaired it, and when?") == ["Who chaired it?", "When chaired it?"]
+    assert sub_questions("Who led it and why?") == ["Who led it?", "Why led it?"]
+    assert sub_questions("What did the council say?") == ["What did the council say?"]
 
 
 def _cli_ask(home, *args, check=True):
@@ -216,7 +231,9 @@ def test_damaged_model_cache_is_exported_again(tmp_path, embedder):
     from app.embed import Embedder
 
     first = Embedder(tmp_path)
-    assert first.onnx_file.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [first.onnx_file.name]
+    assert first.onnx_file.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [
+        first.onnx_file.name
+    ]
     first.onnx_file.write_bytes(b"not a model")
     again = Embedder(tmp_path)
     assert np.allclose(again.encode_query("Kirklees"), embedder.encode_query("Kirklees"), atol=1e-6)
