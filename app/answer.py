@@ -6,11 +6,13 @@ from typing import Protocol
 
 from app.embed import Embedder
 from app.errors import BadInput, CitationInvalid
+from app.expect import sub_questions
 from app.followup import standalone
 from app.index import Snapshot
-from app.retrieve import Evidence, Retrieval, missing_entities, retrieve
+from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve, unframed
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
+from app.split import sentence_spans
 
 ABSTAIN_TEXT = "The documents do not answer this question."
 CLOSEST_TEXT = "Closest material, which is not an answer:"
@@ -20,7 +22,6 @@ DUPLICATE_OVERLAP = 0.6
 # own wording joins more readily, since a briefing should cite the primary source over press coverage.
 SUPPORT_RATIO = 0.9
 OFFICIAL_SUPPORT_RATIO = 0.65
-NAME_CONTEXT = 2
 _MARKER = re.compile(r"\[(\d+)\]")
 
 
@@ -41,8 +42,12 @@ class ExtractiveAnswerer:
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
     ) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
-        # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer.
+        # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can
+        # one that none of the question's names frame (a rating of another council).
         usable = [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
+        if usable and unframed(snapshot, found.focus, usable[0]):
+            return self._abstain(snapshot, found)
+        usable = [ev for ev in usable if not unframed(snapshot, found.focus, ev)]
         best = usable[0] if usable else None
         if best is None or best.score < settings.abstain_threshold:
             return self._abstain(snapshot, found)
@@ -54,21 +59,13 @@ class ExtractiveAnswerer:
             >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
         ]
         chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
-        # Every name the question gives must occur near the answer: in the chosen sentences' chunks or in
-        # those of the best-scoring sentences around them.
-        if missing_entities(snapshot, found.focus, chosen + found.sentences[:NAME_CONTEXT]):
-            return self._abstain(snapshot, found)
-        # Readable order: official documents first, then by best sentence; each document in its own order.
-        doc_rank: dict[int, tuple[bool, int]] = {}
-        for ev in chosen:
-            doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
-        chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
-        doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
-        parts = [
-            f"{text[ev.start : ev.end]} [{i}]"
-            for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)
-        ]
-        return " ".join(parts), False, chosen
+        # "In both Kirklees and Wakefield": every conjunct gets a sentence of its own when one is strong enough.
+        for members, both in name_groups(found.focus):
+            for name in members if both and len(members) > 1 else []:
+                if not any(framed(snapshot, name, ev) for ev in chosen):
+                    extra = [ev for ev in usable if ev.score >= floor and framed(snapshot, name, ev)]
+                    chosen = _distinct(snapshot, chosen + extra[:1], len(chosen) + 1)
+        return render(snapshot, chosen), False, chosen
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
         """Say the documents do not answer, and show the closest material as such."""
@@ -78,9 +75,28 @@ class ExtractiveAnswerer:
         return text, True, closest
 
 
+def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:
+    """The sentences with their markers: official documents first, then by best sentence; each document in order."""
+    doc_rank: dict[int, tuple[bool, int]] = {}
+    for ev in chosen:
+        doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
+    chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
+    doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
+    return " ".join(
+        f"{text[ev.start : ev.end]} [{i}]"
+        for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)
+    )
+
+
 def _heading(snapshot: Snapshot, ev: Evidence) -> bool:
-    """A title, heading or address line: no closing punctuation and not a list item. It labels, not answers."""
-    text = snapshot.doc_list[ev.doc].text
+    """A title, heading or address line: no closing punctuation and not a list item. It labels, not answers.
+
+    The document's own title is a heading whatever its punctuation.
+    """
+    doc = snapshot.doc_list[ev.doc]
+    text = doc.text
+    if text[ev.start : ev.end].strip() == doc.title.strip():
+        return True
     if re.search(r"""[.!?:;"”’')\]]$""", text[ev.start : ev.end]):
         return False
     return not re.search(r"(?:^|\n)[-•*·–—] $", text[max(0, ev.start - 3) : ev.start])
@@ -174,12 +190,30 @@ def ask(
     _top_k(top_k, settings)
     history = (history or [])[-settings.max_history_turns :]
     query, focus = standalone(question, history)
-    found = retrieve(snapshot, embedder, query, settings, _said_before(snapshot, history), focus)
+    avoid = _said_before(snapshot, history)
+    answerer = answerer or ExtractiveAnswerer()
+    # A coordinated question ("Who ..., and who ...?") is answered part by part, each part searched alone.
+    parts = sub_questions(query) if focus == query else [query]
+    if len(parts) > 1:
+        founds = [retrieve(snapshot, embedder, part, settings, avoid, part) for part in parts]
+    else:
+        founds = [retrieve(snapshot, embedder, query, settings, avoid, focus)]
     t = time.perf_counter()
-    text, abstained, evidence = (answerer or ExtractiveAnswerer()).compose(snapshot, found, settings)
+    results = [answerer.compose(snapshot, found, settings) for found in founds]
+    answered = [r for r in results if not r[1]]
+    if len(results) == 1 or not answered:
+        text, abstained, evidence = results[0]
+    else:
+        # The parts' sentences together, each once, in the usual reading order.
+        evidence = list({ev.row: ev for _, _, found_ev in answered for ev in found_ev}.values())
+        text, abstained = render(snapshot, evidence), False
     cited = citations(snapshot, evidence)
     check_citations(snapshot, text, cited)
-    timings = {**found.timings_ms, "compose": (time.perf_counter() - t) * 1000}
+    timings: dict[str, float] = {}
+    for found in founds:
+        for stage, ms in found.timings_ms.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+    timings["compose"] = (time.perf_counter() - t) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     return Answer(answer=text, abstained=abstained, citations=cited, query=query, timings_ms=timings)
 
@@ -189,7 +223,12 @@ def _said_before(snapshot: Snapshot, history: list[Message]) -> frozenset[str]:
     last = next((m.content for m in reversed(history) if m.role == "assistant"), "")
     if not last:
         return frozenset()
-    return frozenset(part.strip() for part in _MARKER.split(last) if len(part.strip()) > 20)
+    # Split at the markers and at sentence ends, so an answer pasted without its markers counts too.
+    said = set()
+    for part in _MARKER.split(last):
+        said.add(part.strip())
+        said.update(part[s:e] for s, e in sentence_spans(part))
+    return frozenset(p for p in said if len(p) > 20)
 
 
 def passages(

@@ -2,6 +2,9 @@
 
 import re
 import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +31,13 @@ ECHO_PENALTY = 0.15
 REPEAT_PENALTY = 0.3
 # Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
 TYPED_SENTENCES = 40
+# Words a follow-up borrows from the conversation count for less than its own words, as expansion terms
+# do in relevance-model query expansion (RM3 interpolates the original query at 0.5).
+EXPANSION_WEIGHT = 0.5
+# A name the document mentions in this many sentences is one of its subjects, so it frames every sentence
+# of the document; rarer names frame only their own chunk (entity salience grows with mention count,
+# Dunietz and Gillick, 2014).
+SALIENT_MENTIONS = 2
 # Fused candidates whose sentences are scored.
 SCORED_CHUNKS = 20
 _ENTITY = re.compile(r"(?<![\w'’])(?:[A-Z][\w'’-]*[A-Za-z]|\d[\d,.]*\d|\d)")
@@ -91,8 +101,8 @@ def retrieve(
         for rank, (pos, _) in enumerate(ranking):
             fused[pos] = fused.get(pos, 0.0) + 1.0 / (settings.rrf_k + rank + 1)
     candidates = sorted(fused.items(), key=lambda kv: -kv[1])[:SCORED_CHUNKS]
-    sentences = _score_sentences(snapshot, vector, query_terms, candidates, settings)
-    _judge(snapshot, focus, query_terms, sentences, avoid)
+    sentences = _score_sentences(snapshot, vector, query_terms, candidates, set(terms(focus)))
+    _judge(snapshot, focus, query, query_terms, sentences, avoid)
     best_in_chunk: dict[int, float] = {}
     for ev in sentences:
         best_in_chunk[ev.chunk] = max(best_in_chunk.get(ev.chunk, -1.0), ev.score)
@@ -121,14 +131,17 @@ def _score_sentences(
     vector: np.ndarray,
     query_terms: list[str],
     candidates: list[tuple[int, float]],
-    settings: Settings,
+    focus_terms: set[str],
 ) -> list[Evidence]:
     if not candidates:
         return []
     unique = set(query_terms)
     # A query word the corpus never uses is as informative as the rarest word it does use.
     ceiling = max(snapshot.idf.values(), default=1.0)
-    weights = {t: snapshot.idf.get(t, ceiling) for t in unique}
+    weights = {
+        t: snapshot.idf.get(t, ceiling) * (1.0 if t in focus_terms or not focus_terms else EXPANSION_WEIGHT)
+        for t in unique
+    }
     total = sum(weights.values()) or 1.0
     top_fused = candidates[0][1]
     rows: list[int] = []
@@ -159,28 +172,128 @@ def _score_sentences(
 
 
 def _judge(
-    snapshot: Snapshot, query: str, query_terms: list[str], sentences: list[Evidence], avoid: frozenset[str]
+    snapshot: Snapshot,
+    focus: str,
+    query: str,
+    query_terms: list[str],
+    sentences: list[Evidence],
+    avoid: frozenset[str],
 ) -> None:
-    """Demote the best sentences that cannot answer: wrong kind, an echo of the question, or a repeat."""
-    kind = expected(query)
+    """Demote the best sentences that cannot answer: wrong kind, an echo of the question, or a repeat.
+
+    The kind comes from the focus; what counts as already said is the whole query, so a follow-up's
+    antecedent ("who replaced him?") is never its own answer.
+    """
+    kind = expected(focus)
     asked = set(query_terms)
     for ev in sorted(sentences, key=lambda e: -e.score)[:TYPED_SENTENCES]:
         text = snapshot.doc_list[ev.doc].text[ev.start : ev.end]
-        if not offers(kind, text, query):
+        if not offers(kind, text, query, _proper(snapshot, ev.doc)):
             ev.offers = False
             ev.score -= TYPE_PENALTY
         if len(set(snapshot.sentence_terms[ev.row]) - asked) < 2:
             ev.score -= ECHO_PENALTY
         if text in avoid:
+            # A follow-up asks for something new: what the last answer said cannot answer it again.
+            ev.offers = False
             ev.score -= REPEAT_PENALTY
 
 
-def missing_entities(snapshot: Snapshot, question: str, evidence: list[Evidence]) -> list[str]:
-    """Names and figures of the question that none of the evidence's chunks (or their titles) mention."""
-    haystack: set[str] = set()
-    for pos in dict.fromkeys(ev.chunk for ev in evidence):
-        first, count = int(snapshot.chunk_first[pos]), int(snapshot.chunk_count[pos])
-        for row in range(first, first + count):
-            haystack.update(snapshot.sentence_terms[row])
-        haystack.update(snapshot.title_terms(int(snapshot.chunk_doc[pos])))
-    return [e for e in entities(question) if not set(terms(e)) <= haystack]
+def _proper(snapshot: Snapshot, doc: int) -> Callable[[str], bool]:
+    """Whether the document capitalises a word after a lower-case word too: then it is a proper noun."""
+    text = snapshot.doc_list[doc].text
+    return lambda word: bool(re.search(rf"[a-z,;]\s+{re.escape(word)}\b", text))
+
+
+_COORDINATOR = re.compile(r"^(?:['’]s|['’])?\s*(?:,\s*)?(?:and|or|,)\s+(?:both\s+|either\s+)?$", re.I)
+
+
+def name_groups(question: str) -> list[tuple[list[str], bool]]:
+    """The question's names and figures, coordinated ones grouped, each group with whether it is an "and".
+
+    Every answering sentence must be framed by each group through at least one member: a sentence answers
+    one conjunct of "in both Kirklees and Wakefield", and one alternative of "Wakefield's or Kirklees'";
+    the answer as a whole must cover every conjunct of an "and".
+    """
+    words = question.strip().split(maxsplit=1)
+    rest = words[1] if len(words) > 1 else ""
+    groups: list[tuple[list[str], bool]] = []
+    last_end = -1
+    for m in _ENTITY.finditer(rest):
+        joint = _COORDINATOR.match(rest[last_end : m.start()]) if groups else None
+        if joint:
+            members, both = groups[-1]
+            groups[-1] = (members + [m.group()], both and not re.search(r"\bor\b", joint.group(), re.I))
+        else:
+            groups.append(([m.group()], True))
+        last_end = m.end()
+    return groups
+
+
+def framed(snapshot: Snapshot, name: str, ev: Evidence) -> bool:
+    """Whether a name or figure of the question frames this sentence.
+
+    A figure must occur in the sentence's chunk (or the title); a name may also be one of the document's
+    subjects, mentioned throughout it, and is matched through its derived forms (Italy, Italian) and, for
+    an acronym, through the words it abbreviates (EU, European Union).
+    """
+    wanted = terms(name)
+    if not wanted:
+        return True
+    pos = ev.chunk
+    context: set[str] = set(snapshot.title_terms(ev.doc))
+    first, count = int(snapshot.chunk_first[pos]), int(snapshot.chunk_count[pos])
+    for row in range(first, first + count):
+        context.update(snapshot.sentence_terms[row])
+    if set(wanted) <= context:
+        return True
+    if name[0].isdigit():
+        return False
+    mentions = _mentions(snapshot, ev.doc)
+    if all(t in context or mentions[t] >= SALIENT_MENTIONS or _derived(t, context) for t in wanted):
+        return True
+    doc = snapshot.doc_list[ev.doc]
+    chunk_text = doc.text[int(snapshot.chunk_start[pos]) : int(snapshot.chunk_end[pos])]
+    return _acronym(name, f"{doc.title}\n{chunk_text}")
+
+
+def _derived(term: str, context: set[str]) -> bool:
+    """A context word sharing the name's root: all but its last three letters, and at least four."""
+    root = term[: max(4, len(term) - 3)]
+    return any(len(c) >= 4 and (c.startswith(root) or root.startswith(c)) for c in context)
+
+
+def _acronym(name: str, text: str) -> bool:
+    """Whether an all-capitals name abbreviates capitalised words of the text (Schwartz and Hearst, 2003)."""
+    letters = name.strip(".'’")
+    if not (2 <= len(letters) <= 6 and letters.isalpha() and letters.isupper()):
+        return False
+    joiner = r"\s+(?:(?:of|the|and|for|de)\s+)*"
+    pattern = joiner.join(rf"{c}[\w'’-]*" for c in letters)
+    return bool(re.search(rf"\b{pattern}", text))
+
+
+def unframed(snapshot: Snapshot, question: str, ev: Evidence) -> list[str]:
+    """The question's names and figures this sentence is not framed by (a group needs only one member)."""
+    return [
+        " or ".join(group)
+        for group, _ in name_groups(question)
+        if not any(framed(snapshot, name, ev) for name in group)
+    ]
+
+
+_MENTIONS: "weakref.WeakKeyDictionary[Snapshot, dict[int, Counter[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _mentions(snapshot: Snapshot, doc: int) -> Counter[str]:
+    """How many sentences of the document mention each term, computed once per snapshot and document."""
+    per_doc = _MENTIONS.setdefault(snapshot, {})
+    if doc not in per_doc:
+        where = np.nonzero(snapshot.chunk_doc == doc)[0]
+        first = int(snapshot.chunk_first[where[0]]) if len(where) else 0
+        last = int(snapshot.chunk_first[where[-1]] + snapshot.chunk_count[where[-1]]) if len(where) else 0
+        counts: Counter[str] = Counter()
+        for row in range(first, last):
+            counts.update(set(snapshot.sentence_terms[row]))
+        per_doc[doc] = counts
+    return per_doc[doc]
