@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import ModelUnavailable
+
 # The weights ship inside site-packages; nothing may reach for a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -109,9 +111,14 @@ def exported(source: Path, cache: Path) -> Path:
     digest = hashlib.sha256(f"{source}|{weights.st_size}|{weights.st_mtime_ns}|{EXPORT_VERSION}".encode())
     target = cache / f"{MODEL_NAME}-{digest.hexdigest()[:16]}.onnx"
     if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed: a concurrent or interrupted export never leaves half a file.
-        handle, partial = tempfile.mkstemp(dir=cache, suffix=".partial")
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            handle, partial = tempfile.mkstemp(dir=cache, suffix=".partial")
+        except OSError as exc:
+            raise ModelUnavailable(
+                f"cannot write the model cache {cache} ({exc.strerror}); set CITEQA_MODEL_CACHE to a writable folder"
+            ) from exc
         os.close(handle)
         try:
             _export(source, Path(partial))

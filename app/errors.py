@@ -41,3 +41,9 @@ class CitationInvalid(CiteqaError):
     """An answer failed its citation checks and was not sent."""
 
     status = 500
+
+
+class ModelUnavailable(CiteqaError):
+    """The embedding model cannot be loaded or exported."""
+
+    status = 503

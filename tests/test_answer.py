@@ -238,3 +238,15 @@ def test_damaged_model_cache_is_exported_again(tmp_path, embedder):
     again = Embedder(tmp_path)
     assert np.allclose(again.encode_query("Kirklees"), embedder.encode_query("Kirklees"), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == [first.onnx_file.name]
+
+
+def test_unwritable_model_cache_is_a_clear_error(tmp_path):
+    import pytest
+
+    from app.embed import Embedder
+    from app.errors import ModelUnavailable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelUnavailable, match="CITEQA_MODEL_CACHE"):
+        Embedder(blocker / "cache")
