@@ -6,6 +6,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -202,13 +203,22 @@ def _judge(
 def _proper(snapshot: Snapshot, doc: int) -> Callable[[str], bool]:
     """Whether the document capitalises a word after a lower-case word too: then it is a proper noun."""
     text = snapshot.doc_list[doc].text
-    return lambda word: bool(re.search(rf"[a-z,;]\s+{re.escape(word)}\b", text))
+    memo = _memo(snapshot)
+
+    def proper(word: str) -> bool:
+        key = ("proper", word, doc)
+        if key not in memo:
+            memo[key] = bool(re.search(rf"[a-z,;]\s+{re.escape(word)}\b", text))
+        return memo[key]
+
+    return proper
 
 
 _COORDINATOR = re.compile(r"^(?:['’]s|['’])?\s*(?:,\s*)?(?:and|or|,)\s+(?:both\s+|either\s+)?$", re.I)
 
 
-def name_groups(question: str) -> list[tuple[list[str], bool]]:
+@lru_cache(maxsize=1024)
+def name_groups(question: str) -> tuple[tuple[tuple[str, ...], bool], ...]:
     """The question's names and figures, coordinated ones grouped, each group with whether it is an "and".
 
     Every answering sentence must be framed by each group through at least one member: a sentence answers
@@ -217,17 +227,17 @@ def name_groups(question: str) -> list[tuple[list[str], bool]]:
     """
     words = question.strip().split(maxsplit=1)
     rest = words[1] if len(words) > 1 else ""
-    groups: list[tuple[list[str], bool]] = []
+    groups: list[tuple[tuple[str, ...], bool]] = []
     last_end = -1
     for m in _ENTITY.finditer(rest):
         joint = _COORDINATOR.match(rest[last_end : m.start()]) if groups else None
         if joint:
             members, both = groups[-1]
-            groups[-1] = (members + [m.group()], both and not re.search(r"\bor\b", joint.group(), re.I))
+            groups[-1] = (members + (m.group(),), both and not re.search(r"\bor\b", joint.group(), re.I))
         else:
-            groups.append(([m.group()], True))
+            groups.append(((m.group(),), True))
         last_end = m.end()
-    return groups
+    return tuple(groups)
 
 
 def framed(snapshot: Snapshot, name: str, ev: Evidence) -> bool:
@@ -237,11 +247,19 @@ def framed(snapshot: Snapshot, name: str, ev: Evidence) -> bool:
     subjects, mentioned throughout it, and is matched through its derived forms (Italy, Italian) and, for
     an acronym, through the words it abbreviates (EU, European Union).
     """
+    # The answer depends on the chunk only, and compose asks it for every candidate sentence.
+    memo = _memo(snapshot)
+    key = ("framed", name, ev.chunk)
+    if key not in memo:
+        memo[key] = _framed(snapshot, name, ev.chunk, ev.doc)
+    return memo[key]
+
+
+def _framed(snapshot: Snapshot, name: str, pos: int, doc_index: int) -> bool:
     wanted = terms(name)
     if not wanted:
         return True
-    pos = ev.chunk
-    context: set[str] = set(snapshot.title_terms(ev.doc))
+    context: set[str] = set(snapshot.title_terms(doc_index))
     first, count = int(snapshot.chunk_first[pos]), int(snapshot.chunk_count[pos])
     for row in range(first, first + count):
         context.update(snapshot.sentence_terms[row])
@@ -249,10 +267,10 @@ def framed(snapshot: Snapshot, name: str, ev: Evidence) -> bool:
         return True
     if name[0].isdigit():
         return False
-    mentions = _mentions(snapshot, ev.doc)
+    mentions = _mentions(snapshot, doc_index)
     if all(t in context or mentions[t] >= SALIENT_MENTIONS or _derived(t, context) for t in wanted):
         return True
-    doc = snapshot.doc_list[ev.doc]
+    doc = snapshot.doc_list[doc_index]
     chunk_text = doc.text[int(snapshot.chunk_start[pos]) : int(snapshot.chunk_end[pos])]
     return _acronym(name, f"{doc.title}\n{chunk_text}")
 
@@ -283,6 +301,17 @@ def unframed(snapshot: Snapshot, question: str, ev: Evidence) -> list[str]:
 
 
 _MENTIONS: "weakref.WeakKeyDictionary[Snapshot, dict[int, Counter[str]]]" = weakref.WeakKeyDictionary()
+_MEMOS: "weakref.WeakKeyDictionary[Snapshot, dict[tuple[str, str, int], bool]]" = weakref.WeakKeyDictionary()
+# Entries kept per snapshot before the memo starts afresh: bounded memory for a long-running server.
+MEMO_LIMIT = 200_000
+
+
+def _memo(snapshot: Snapshot) -> dict[tuple[str, str, int], bool]:
+    """Per-snapshot answers of pure checks on (word, chunk or document); it dies with the snapshot."""
+    memo = _MEMOS.setdefault(snapshot, {})
+    if len(memo) > MEMO_LIMIT:
+        memo.clear()
+    return memo
 
 
 def _mentions(snapshot: Snapshot, doc: int) -> Counter[str]:
