@@ -238,7 +238,8 @@ class Snapshot:
         known = [t for t in query_terms if t in self.idf]
         if not self.chunk_ids or not known:
             return []
-        ids, scores = self._bm25.retrieve([known], k=min(n, self.n_chunks), show_progress=False, n_threads=1)
+        # n_threads=0 runs in this thread; any other value starts a thread pool for every query.
+        ids, scores = self._bm25.retrieve([known], k=min(n, self.n_chunks), show_progress=False, n_threads=0)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if s > 0]
 
 
