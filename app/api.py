@@ -138,15 +138,17 @@ class NoUploads:
         await self.app(scope, receive, send)
 
 
-def _settings(request: Request) -> Settings:
+# Accessors of app state are `async`: FastAPI runs a sync dependency in the thread pool, a hop per
+# dependency per request for what is only an attribute read.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _live(request: Request) -> Live:
+async def _live(request: Request) -> Live:
     return request.app.state.live
 
 
-def _embedder(request: Request) -> Embedder:
+async def _embedder(request: Request) -> Embedder:
     return request.app.state.embedder
 
 
