@@ -42,37 +42,49 @@ class ExtractiveAnswerer:
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
     ) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
-        # A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can
-        # one that none of the question's names frame (a rating of another council).
-        usable = [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
-        if usable and unframed(snapshot, found.focus, usable[0]):
-            return self._abstain(snapshot, found)
-        usable = [ev for ev in usable if not unframed(snapshot, found.focus, ev)]
-        best = usable[0] if usable else None
-        if best is None or best.score < settings.abstain_threshold:
+        usable = candidates(snapshot, found)
+        if usable is None:
             return self._abstain(snapshot, found)
         floor = settings.abstain_threshold
+        usable = [ev for ev in usable if ev.score >= floor]
+        if not usable:
+            return self._abstain(snapshot, found)
+        best = usable[0]
         strong = [
             ev
             for ev in usable
-            if ev.score
-            >= max(floor, (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score)
+            if ev.score >= (OFFICIAL_SUPPORT_RATIO if _official(snapshot, ev) else SUPPORT_RATIO) * best.score
         ]
         chosen = _distinct(snapshot, strong, settings.max_answer_sentences)
         # "In both Kirklees and Wakefield": every conjunct gets a sentence of its own when one is strong enough.
         for members, both in name_groups(found.focus):
             for name in members if both and len(members) > 1 else []:
                 if not any(framed(snapshot, name, ev) for ev in chosen):
-                    extra = [ev for ev in usable if ev.score >= floor and framed(snapshot, name, ev)]
+                    extra = [ev for ev in usable if framed(snapshot, name, ev)]
                     chosen = _distinct(snapshot, chosen + extra[:1], len(chosen) + 1)
         return render(snapshot, chosen), False, chosen
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
         """Say the documents do not answer, and show the closest material as such."""
-        closest = _distinct(snapshot, found.sentences, 3)
+        # The closest material is the strongest evidence, by the sentences' own score: the chunk's share of
+        # the question that the rank adds would bring back sentences demoted as repeats or echoes.
+        closest = _distinct(snapshot, sorted(found.sentences, key=lambda ev: -ev.score), 3)
         markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
         text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
         return text, True, closest
+
+
+def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence] | None:
+    """The sentences that may answer, in rank order; None when the question's names rule out its evidence.
+
+    A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can one
+    that none of the question's names frame (a rating of another council). The rank picks the answer;
+    whether to answer at all rests on the sentences' own evidence, their score.
+    """
+    usable = [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
+    if usable and unframed(snapshot, found.focus, max(usable, key=lambda ev: ev.score)):
+        return None
+    return [ev for ev in usable if not unframed(snapshot, found.focus, ev)]
 
 
 def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:

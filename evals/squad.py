@@ -1,7 +1,8 @@
 """The SQuAD benchmark: each paragraph of the shared split is a document; retrieval and answers are scored.
 
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
-`--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample.
+`--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
+sentence ranker's chunk-coverage weight on that same sample and prints it (see evals/fit.py).
 """
 
 import argparse
@@ -16,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from app.answer import ask, passages
+from app.answer import ask, candidates, passages
 from app.embed import get_embedder
 from app.index import Store
+from app.retrieve import retrieve
 from app.settings import Settings
 from ingest.build import ingest
 
@@ -112,11 +114,14 @@ def calibrate(
     """Print, per threshold, the false-abstention and abstention rates on the calibration sample."""
     snapshot = Store(settings).open()
     embedder = get_embedder()
-    strict = settings.model_copy(update={"abstain_threshold": -1.0})
 
     def best(item: dict[str, Any]) -> tuple[float, bool]:
-        result = ask(snapshot, embedder, item["question"], strict)
-        return (result.citations[0].score if result.citations else -1.0), result.abstained
+        # The strongest sentence that could answer, since the threshold asks whether any clears it (when the
+        # question's names rule the evidence out, the strongest sentence of all).
+        found = retrieve(snapshot, embedder, item["question"], settings)
+        usable = candidates(snapshot, found)
+        pool = found.sentences if usable is None else usable
+        return max((ev.score for ev in pool), default=-1.0), usable is None
 
     pos = [best(q) for q in answerable]
     neg = [best(q) for q in unanswerable]
@@ -129,17 +134,28 @@ def calibrate(
         print(f"threshold {t:.3f} (answerable p{pct}): false abstention {fa:.3f}, abstention {ab:.3f}")
 
 
+def fit_scorer(settings: Settings, answerable: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the given answerable questions."""
+    from evals.fit import examples, fit
+
+    return fit(examples(Store(settings).open(), get_embedder(), settings, answerable))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the SQuAD index, run the sample, print and save the figures."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="reuse this folder for the corpus and index")
     parser.add_argument("--calibrate", action="store_true", help="sweep the abstention threshold instead")
+    parser.add_argument("--fit", action="store_true", help="fit the sentence ranker's weight instead")
     parser.add_argument("--out", type=Path, default=Path("evals/reports/squad.json"))
     args = parser.parse_args(argv)
     settings, answerable, unanswerable = prepare(args.home)
     rng = random.Random(SEED)
     rng.shuffle(answerable)
     rng.shuffle(unanswerable)
+    if args.fit:
+        print(json.dumps(fit_scorer(settings, answerable[SAMPLE : 2 * SAMPLE])))
+        return 0
     if args.calibrate:
         # Disjoint from the evaluation sample: calibration never sees the questions it is judged on.
         calibrate(settings, answerable[SAMPLE : 2 * SAMPLE], unanswerable[SAMPLE : 2 * SAMPLE])

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from app.answer import ABSTAIN_TEXT, ask, check_citations, citations, passages
+from app.answer import ABSTAIN_TEXT, ask, candidates, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
 from app.expect import DATE, NAME, NUMBER, PERSON, expected, offers, sub_questions
 from app.followup import standalone
+from app.retrieve import CHUNK_COVERAGE_WEIGHT, retrieve
 from app.schemas import Message
 from tests.conftest import ROOT
 
@@ -137,6 +138,24 @@ def test_passages_have_exact_offsets(seed_snapshot, embedder, seed_settings):
     assert 1 <= len(found) <= 5
     for p in found:
         assert seed_snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
+
+
+def test_sentences_rank_by_chunk_coverage_but_answer_on_their_own_evidence(
+    seed_snapshot, embedder, seed_settings
+):
+    question = "How often were social workers supervised?"
+    found = retrieve(seed_snapshot, embedder, question, seed_settings)
+    ranks = [ev.rank for ev in found.sentences]
+    assert ranks == sorted(ranks, reverse=True)
+    # The rank adds the chunk's coverage (between 0 and 1) to the score; the score is the sentence's own.
+    assert all(ev.score <= ev.rank <= ev.score + CHUNK_COVERAGE_WEIGHT + 1e-9 for ev in found.sentences)
+    usable = candidates(seed_snapshot, found) or []
+    # The threshold counts the score alone: nothing below it is ever quoted as an answer.
+    answer = ask(seed_snapshot, embedder, question, seed_settings)
+    if not answer.abstained:
+        assert usable and all(c.score >= seed_settings.abstain_threshold for c in answer.citations)
+    strict = seed_settings.model_copy(update={"abstain_threshold": 10.0})
+    assert ask(seed_snapshot, embedder, question, strict).abstained
 
 
 def test_answer_kinds():

@@ -1,0 +1,99 @@
+"""Fitting CHUNK_COVERAGE_WEIGHT on SQuAD questions: `python -m evals.squad --fit`.
+
+A listwise logistic regression (a softmax over each answerable question's candidate sentences, with the
+target spread evenly over the sentences that contain a gold answer) weighs two features: the sentence's
+score and its chunk's IDF-weighted coverage of the question's terms. The coverage weight relative to the
+score's is the constant. Newton's method in numpy: deterministic for a given sample.
+"""
+
+import re
+from typing import Any
+
+import numpy as np
+
+from app.embed import Embedder
+from app.index import Snapshot
+from app.retrieve import _judge, _score_sentences, search
+from app.settings import Settings
+from app.split import terms
+
+# Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
+L2 = 1e-2
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def examples(
+    snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per question with a gold sentence among its candidates: (score, chunk coverage) rows and labels."""
+    out = []
+    for item in items:
+        question = item["question"]
+        vector = embedder.encode_query(question)
+        query_terms = terms(question)
+        _, _, candidates = search(snapshot, vector, query_terms, settings)
+        sentences, coverage = _score_sentences(snapshot, vector, query_terms, candidates, set(query_terms))
+        _judge(snapshot, question, question, query_terms, sentences, frozenset())
+        golds = [_norm(a) for a in item["answers"]]
+        labels = np.array(
+            [
+                snapshot.doc_list[ev.doc].doc_id == item["doc_id"]
+                and any(g in _norm(snapshot.doc_list[ev.doc].text[ev.start : ev.end]) for g in golds)
+                for ev in sentences
+            ],
+            dtype=float,
+        )
+        if labels.any():
+            out.append((np.column_stack([[ev.score for ev in sentences], coverage]), labels))
+    return out
+
+
+def rank_weights(groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Listwise logistic regression: the feature weights under which each question's gold sentences rank first."""
+    stacked = np.vstack([x for x, _ in groups])
+    mean, scale = stacked.mean(0), stacked.std(0) + 1e-9
+    standard = [((x - mean) / scale, y / y.sum()) for x, y in groups]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        value, grad, hess = 0.5 * L2 * float(w @ w), L2 * w, L2 * np.eye(len(w))
+        for z, target in standard:
+            s = z @ w
+            log_total = s.max() + np.log(np.exp(s - s.max()).sum())
+            p = np.exp(s - log_total)
+            value += log_total - float(target @ s)
+            mean_z = p @ z
+            grad = grad + mean_z - target @ z
+            hess = hess + (z * p[:, None]).T @ z - np.outer(mean_z, mean_z)
+        return value, grad, hess
+
+    # Newton's method with backtracking: the loss is convex, so this converges to its one minimum.
+    w = np.zeros(stacked.shape[1])
+    value, grad, hess = loss(w)
+    for _ in range(100):
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while True:
+            new = loss(w - t * step)
+            if new[0] <= value - 1e-4 * t * float(grad @ step) or t < 1e-8:
+                break
+            t /= 2
+        w = w - t * step
+        converged = value - new[0] < 1e-10
+        value, grad, hess = new
+        if converged:
+            break
+    return w / scale
+
+
+def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The fitted weights and the constant they give."""
+    w = rank_weights(groups)
+    return {
+        "questions": len(groups),
+        "score_weight": round(float(w[0]), 4),
+        "coverage_weight": round(float(w[1]), 4),
+        "CHUNK_COVERAGE_WEIGHT": round(float(w[1] / w[0]), 2),
+    }
