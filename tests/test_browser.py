@@ -162,10 +162,8 @@ def test_cited_answer_source_view_follow_up_and_abstention(page: Any, site: str)
         assert doc["publisher"] in line
 
     ARTIFACTS.mkdir(exist_ok=True)
-    (ROOT / "docs").mkdir(exist_ok=True)
     page.wait_for_timeout(400)
     page.screenshot(path=str(ARTIFACTS / "ui-answer.png"))
-    shutil.copyfile(ARTIFACTS / "ui-answer.png", ROOT / "docs" / "ui-screenshot.png")
 
     marker = message.locator("a.cq-marker").first
     marker.click()
