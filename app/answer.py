@@ -6,7 +6,7 @@ from typing import Protocol
 
 from app.embed import Embedder
 from app.errors import BadInput, CitationInvalid
-from app.expect import expected, sub_questions
+from app.expect import sub_questions
 from app.followup import standalone
 from app.index import Snapshot
 from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve, unframed
@@ -45,7 +45,7 @@ class ExtractiveAnswerer:
         usable = candidates(snapshot, found)
         if usable is None:
             return self._abstain(snapshot, found)
-        floor = abstain_threshold(settings, found.focus)
+        floor = settings.abstain_threshold
         usable = [ev for ev in usable if ev.score >= floor]
         if not usable:
             return self._abstain(snapshot, found)
@@ -72,19 +72,6 @@ class ExtractiveAnswerer:
         markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
         text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
         return text, True, closest
-
-
-def abstain_threshold(settings: Settings, question: str) -> float:
-    """The score the best evidence must reach: the calibrated threshold of the question's expected kind.
-
-    A typed question ("who", "when") is answered by a short sentence heavy with names or figures, which
-    scores lower on similarity than prose does; a question expecting no kind, or a kind without a
-    threshold of its own, uses the global `abstain_threshold`.
-    """
-    kind = expected(question)
-    if kind is None:
-        return settings.abstain_threshold
-    return settings.abstain_threshold_by_kind.get(kind, settings.abstain_threshold)
 
 
 def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence] | None:

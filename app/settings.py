@@ -7,11 +7,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Per expected answer kind (app/expect.py), the 2nd percentile of that kind's answerable best-evidence
-# scores in the SQuAD calibration sample, as printed by `python -m evals.squad --calibrate`: date from 43
-# questions, person from 37. Kinds with fewer than 30 (number 27, name 4) use the global threshold.
-ABSTAIN_THRESHOLD_BY_KIND = {"date": 0.254, "person": 0.296}
-
 
 class Settings(BaseSettings):
     """Every tunable of citeqa, read from CITEQA_* environment variables."""
@@ -50,15 +45,8 @@ class Settings(BaseSettings):
     rrf_k: int = 60
     max_answer_sentences: int = 3
     # Abstain when the best evidence scores below this: the 2nd percentile of the best-evidence scores of
-    # answerable questions in a SQuAD calibration sample (`python -m evals.squad --calibrate`). It is the
-    # threshold of questions that expect no answer kind and of kinds without one of their own below.
+    # answerable questions in a SQuAD calibration sample (`python -m evals.squad --calibrate`).
     abstain_threshold: float = 0.333
-    # The same rule per expected answer kind (ABSTAIN_THRESHOLD_BY_KIND above); an empty mapping
-    # (CITEQA_ABSTAIN_THRESHOLD_BY_KIND='{}') uses the global threshold for every question.
-    abstain_threshold_by_kind: dict[str, float] = Field(
-        default_factory=lambda: dict(ABSTAIN_THRESHOLD_BY_KIND),
-        description="Abstention threshold per expected answer kind; others use abstain_threshold.",
-    )
 
 
 @lru_cache

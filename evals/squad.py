@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from app.answer import abstain_threshold, ask, candidates, passages
+from app.answer import ask, candidates, passages
 from app.embed import get_embedder
-from app.expect import expected
 from app.index import Store
 from app.retrieve import retrieve
 from app.settings import Settings
@@ -28,10 +27,6 @@ from ingest.build import ingest
 SPLIT = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "squad-dev-split.json"
 SEED = 20181
 SAMPLE = 400
-# The abstention threshold is this percentile of answerable questions' best-evidence scores, overall and per
-# expected answer kind for kinds with at least MIN_KIND_QUESTIONS calibration questions.
-THRESHOLD_PERCENTILE = 2
-MIN_KIND_QUESTIONS = 30
 
 
 def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -137,54 +132,6 @@ def calibrate(
         fa = np.mean([a or s < t for s, a in pos])
         ab = np.mean([a or s < t for s, a in neg])
         print(f"threshold {t:.3f} (answerable p{pct}): false abstention {fa:.3f}, abstention {ab:.3f}")
-    # Per expected answer kind, the same rule; questions that expect no kind keep the global threshold.
-    global_threshold = float(np.percentile(pos_scores, THRESHOLD_PERCENTILE))
-    kinds = [expected(q["question"]) for q in answerable]
-    by_kind = thresholds_by_kind([(k, s) for k, (s, _) in zip(kinds, pos, strict=True) if k])
-    per_kind = settings.model_copy(
-        update={"abstain_threshold": global_threshold, "abstain_threshold_by_kind": by_kind}
-    )
-    print(f"per kind, p{THRESHOLD_PERCENTILE} of its answerable scores (global below {MIN_KIND_QUESTIONS}):")
-    for kind in sorted({str(expected(q["question"])) for q in answerable + unanswerable}):
-        pk = [
-            (s, a) for q, (s, a) in zip(answerable, pos, strict=True) if str(expected(q["question"])) == kind
-        ]
-        nk = [
-            (s, a)
-            for q, (s, a) in zip(unanswerable, neg, strict=True)
-            if str(expected(q["question"])) == kind
-        ]
-        t = by_kind.get(kind, global_threshold)
-        source = "own" if kind in by_kind else "global"
-        kind_fa = f"{np.mean([a or s < t for s, a in pk]):.3f}" if pk else "-"
-        kind_ab = f"{np.mean([a or s < t for s, a in nk]):.3f}" if nk else "-"
-        print(
-            f"  {kind:7s} answerable {len(pk):3d}, unanswerable {len(nk):3d}: threshold {t:.3f} ({source}), "
-            f"false abstention {kind_fa}, abstention {kind_ab}"
-        )
-
-    def abstains(item: dict[str, Any], score: float, names: bool) -> bool:
-        return names or score < abstain_threshold(per_kind, item["question"])
-
-    fa = np.mean([abstains(q, s, a) for q, (s, a) in zip(answerable, pos, strict=True)])
-    ab = np.mean([abstains(q, s, a) for q, (s, a) in zip(unanswerable, neg, strict=True)])
-    print(f"per-kind thresholds: false abstention {fa:.3f}, abstention {ab:.3f}")
-    print(f"ABSTAIN_THRESHOLD_BY_KIND = {json.dumps({k: round(v, 3) for k, v in by_kind.items()})}")
-
-
-def thresholds_by_kind(scores: list[tuple[str, float]]) -> dict[str, float]:
-    """Per answer kind, the THRESHOLD_PERCENTILE of its answerable questions' best-evidence scores.
-
-    Kinds with fewer than MIN_KIND_QUESTIONS questions are left out: they use the global threshold.
-    """
-    grouped: dict[str, list[float]] = {}
-    for kind, score in scores:
-        grouped.setdefault(kind, []).append(score)
-    return {
-        kind: float(np.percentile(values, THRESHOLD_PERCENTILE))
-        for kind, values in sorted(grouped.items())
-        if len(values) >= MIN_KIND_QUESTIONS
-    }
 
 
 def fit_scorer(settings: Settings, answerable: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,21 +6,12 @@ import sys
 
 import pytest
 
-from app.answer import (
-    ABSTAIN_TEXT,
-    abstain_threshold,
-    ask,
-    candidates,
-    check_citations,
-    citations,
-    passages,
-)
+from app.answer import ABSTAIN_TEXT, ask, candidates, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
 from app.expect import DATE, NAME, NUMBER, PERSON, expected, offers, sub_questions
 from app.followup import standalone
 from app.retrieve import CHUNK_COVERAGE_WEIGHT, retrieve
 from app.schemas import Message
-from app.settings import ABSTAIN_THRESHOLD_BY_KIND, Settings
 from tests.conftest import ROOT
 
 LETTER = "ofsted-focused-visit-letter-wakefield-2018-03-22.md"
@@ -162,34 +153,8 @@ def test_sentences_rank_by_chunk_coverage_but_answer_on_their_own_evidence(
     # The threshold counts the score alone: nothing below it is ever quoted as an answer.
     answer = ask(seed_snapshot, embedder, question, seed_settings)
     if not answer.abstained:
-        floor = abstain_threshold(seed_settings, question)
-        assert usable and all(c.score >= floor for c in answer.citations)
-    strict = seed_settings.model_copy(update={"abstain_threshold": 10.0, "abstain_threshold_by_kind": {}})
-    assert ask(seed_snapshot, embedder, question, strict).abstained
-
-
-def test_abstention_threshold_is_chosen_by_the_expected_kind(monkeypatch):
-    settings = Settings(abstain_threshold=0.4, abstain_threshold_by_kind={DATE: 0.2, PERSON: 0.3})
-    assert abstain_threshold(settings, "When did the visit take place?") == 0.2
-    assert abstain_threshold(settings, "Which two inspectors carried out the visit?") == 0.3
-    # A kind without a calibrated threshold of its own, and a question expecting no kind, use the global one.
-    assert abstain_threshold(settings, "How many staff left?") == 0.4
-    assert abstain_threshold(settings, "Why did the service fail?") == 0.4
-    assert Settings().abstain_threshold_by_kind == ABSTAIN_THRESHOLD_BY_KIND
-    monkeypatch.setenv("CITEQA_ABSTAIN_THRESHOLD", "0.5")
-    monkeypatch.setenv("CITEQA_ABSTAIN_THRESHOLD_BY_KIND", "{}")
-    assert abstain_threshold(Settings(), "When did the visit take place?") == 0.5
-
-
-def test_answer_abstains_on_its_kind_threshold(seed_snapshot, embedder, seed_settings):
-    question = "When did the focused visit take place?"
-    lenient = seed_settings.model_copy(
-        update={"abstain_threshold": 10.0, "abstain_threshold_by_kind": {DATE: 0.0}}
-    )
-    assert not ask(seed_snapshot, embedder, question, lenient).abstained
-    strict = seed_settings.model_copy(
-        update={"abstain_threshold": 0.0, "abstain_threshold_by_kind": {DATE: 10.0}}
-    )
+        assert usable and all(c.score >= seed_settings.abstain_threshold for c in answer.citations)
+    strict = seed_settings.model_copy(update={"abstain_threshold": 10.0})
     assert ask(seed_snapshot, embedder, question, strict).abstained
 
 

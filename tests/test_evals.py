@@ -19,7 +19,7 @@ from app.index import Snapshot
 from app.retrieve import CHUNK_COVERAGE_WEIGHT
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
-from evals import metrics, report, squad
+from evals import metrics, report
 from evals.fit import fit
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
@@ -54,14 +54,6 @@ def test_fit_is_wired_to_the_committed_constant() -> None:
     # so here only the wiring is checked: the printed key names the constant.
     assert "CHUNK_COVERAGE_WEIGHT" in fit([(np.eye(2), np.array([1.0, 0.0]))] * 3)
     assert 0 < CHUNK_COVERAGE_WEIGHT < 2
-
-
-def test_thresholds_by_kind_take_the_percentile_of_kinds_with_enough_questions() -> None:
-    scores = [("date", 0.01 * i) for i in range(1, 51)] + [("number", 0.9)] * (squad.MIN_KIND_QUESTIONS - 1)
-    found = squad.thresholds_by_kind(scores)
-    assert set(found) == {"date"}  # too few "number" questions: they keep the global threshold
-    expected = np.percentile([0.01 * i for i in range(1, 51)], squad.THRESHOLD_PERCENTILE)
-    assert found["date"] == pytest.approx(expected)
 
 
 # --- metric functions -------------------------------------------------------------------------------
