@@ -9,12 +9,9 @@ generation. Every response names the generation it used (X-Citeqa-Generation); e
 
 import argparse
 import json
-import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,8 +25,9 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.serve import CITEQA, citeqa_env, free_port, stop
+
 ROOT = Path(__file__).resolve().parent.parent
-CITEQA = Path(sys.executable).with_name("citeqa")
 HEADER = "X-Citeqa-Generation"
 _GENERATION = re.compile(r"^gen-\d{6}$")
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -37,13 +35,6 @@ _MARKER = re.compile(r"\[(\d+)\]")
 PROBE_FACT = "The Brackenridge harbour master recorded {n} sailing ships at the quay in 1911."
 PROBE_QUESTION = "How many sailing ships did the Brackenridge harbour master record at the quay in 1911?"
 FALLBACK_QUESTIONS = ["What did the inspectors find?", "Who wrote the report?", "When did it happen?"]
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -57,13 +48,7 @@ class Server:
 
     def stop(self) -> None:
         """Ask uvicorn to shut down; kill it if it will not."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop(self.proc)
 
 
 def serve(
@@ -71,8 +56,7 @@ def serve(
 ) -> Server:
     """Start `citeqa serve` on a free loopback port; return once it answers /health at all (503 counts)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITEQA_")}
-    env.update(CITEQA_HOME=str(home), CITEQA_CORPUS=str(corpus))
+    env = citeqa_env(home, corpus)
     if token:
         env["CITEQA_ADMIN_TOKEN"] = token
     command = [str(CITEQA), "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -1,6 +1,7 @@
 """A `citeqa serve` subprocess under measurement: start-up time, latency and throughput over HTTP."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +24,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def citeqa_env(home: Path) -> dict[str, str]:
-    """The environment of a citeqa subprocess answering from the index in `home`."""
+def citeqa_env(home: Path, corpus: Path | None = None) -> dict[str, str]:
+    """The environment of a citeqa subprocess answering from the index in `home` (none of ours inherited)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITEQA_")}
     env["CITEQA_HOME"] = str(home)
+    if corpus is not None:
+        env["CITEQA_CORPUS"] = str(corpus)
     return env
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 30.0) -> None:
+    """Ask a server process to shut down with `sig`; kill it if it has not within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @dataclass
@@ -41,12 +56,7 @@ class Server:
 
     def stop(self) -> None:
         """Terminate the server and wait for it."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, signal.SIGTERM, timeout=20)
 
 
 def start(home: Path, log: Path, timeout: float = 300.0) -> Server:

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from app.answer import ask, passages
 from app.embed import Embedder, get_embedder
 from app.index import Snapshot, Store
+from app.schemas import Answer
 from app.settings import Settings
 from ingest.build import ingest
 
@@ -18,6 +20,17 @@ CORPUS = ROOT / "corpus"
 def embedder() -> Embedder:
     """The real all-MiniLM-L6-v2, loaded once."""
     return get_embedder()
+
+
+def check_citations(snapshot: Snapshot, embedder: Embedder, settings: Settings, question: str) -> Answer:
+    """Ask, and check every quote and passage against the snapshot's text."""
+    answer = ask(snapshot, embedder, question, settings)
+    assert answer.citations
+    for c in answer.citations:
+        assert snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
+    for p in passages(snapshot, embedder, question, settings, 5):
+        assert snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
+    return answer
 
 
 def make_settings(home: Path, **overrides: object) -> Settings:

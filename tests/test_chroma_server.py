@@ -15,14 +15,14 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from app.answer import ask, passages
 from app.api import create_app
 from app.embed import Embedder
-from app.index import Live, Snapshot, Store, chroma_address, chroma_client, collection_name
+from app.index import Live, Store, chroma_address, chroma_client, collection_name
 from app.settings import Settings
-from bench.load import free_port, post_ingest, serve
+from bench.load import post_ingest, serve
+from bench.serve import free_port, stop
 from ingest.build import ingest
-from tests.conftest import CORPUS, make_settings
+from tests.conftest import CORPUS, check_citations, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +64,7 @@ class ChromaServer:
 
     def stop(self) -> None:
         """Terminate the server and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop(self.proc, signal.SIGTERM, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +82,6 @@ def collections(url: str) -> set[str]:
     """The names of the collections the server holds."""
     settings = Settings(chroma_url=url)
     return {c.name for c in chroma_client(settings, Path("unused")).list_collections()}
-
-
-def check_citations(snapshot: Snapshot, embedder: Embedder, settings: Settings, question: str) -> Any:
-    """Ask, and check every quote and passage against the snapshot's text."""
-    answer = ask(snapshot, embedder, question, settings)
-    assert answer.citations
-    for c in answer.citations:
-        assert snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
-    for p in passages(snapshot, embedder, question, settings, 5):
-        assert snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
-    return answer
 
 
 def test_chroma_address_reads_the_url() -> None:

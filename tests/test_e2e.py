@@ -1,12 +1,8 @@
 """End to end: `citeqa serve` as a real uvicorn process on a free port, asked over real HTTP."""
 
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,29 +12,21 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from bench.serve import CITEQA, citeqa_env, free_port, stop
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-CITEQA = Path(sys.executable).parent / "citeqa"
 LETTER = "ofsted-focused-visit-letter"
 SEED_QUESTION = "When did the focused visit take place?"
 STARTUP_S = 120
 JSON_TYPE = {"content-type": "application/json"}
 
 
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve(home: Path, corpus: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start `citeqa serve` on a free port and wait until /health answers 200."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITEQA_")}
-    env.update(CITEQA_HOME=str(home), CITEQA_CORPUS=str(corpus))
+    env = citeqa_env(home, corpus)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(CITEQA), "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -60,16 +48,6 @@ def serve(home: Path, corpus: Path, log: Path) -> tuple[subprocess.Popen[bytes],
         time.sleep(0.3)
     stop(proc)
     raise RuntimeError(f"citeqa serve did not become healthy in {STARTUP_S}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ask the server to shut down, and make sure it has."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

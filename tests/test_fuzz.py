@@ -18,7 +18,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.answer import ask, passages
 from app.api import create_app
 from app.embed import Embedder
 from app.index import Snapshot, Store
@@ -26,7 +25,7 @@ from app.settings import Settings
 from ingest.build import ingest
 from ingest.chunk import MAX_CHUNK_CHARS, MAX_SENTENCE_CHARS, bounded_sentences, chunk
 from ingest.clean import clean
-from tests.conftest import make_settings
+from tests.conftest import check_citations, make_settings
 
 # --- schemathesis: every operation of /openapi.json, against the app with its lifespan running ---------------
 
@@ -209,9 +208,4 @@ def test_every_citation_quotes_the_document_exactly(
         for question in (doc.text[s:e][:300], "How many ships did the harbour master record?"):
             if not question.strip():
                 continue
-            answer = ask(snapshot, embedder, question, settings_)
-            assert answer.citations
-            for c in answer.citations:
-                assert snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
-            for p in passages(snapshot, embedder, question, settings_, 5):
-                assert snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
+            check_citations(snapshot, embedder, settings_, question)
