@@ -181,7 +181,9 @@ def validate_question(question: str, settings: Settings) -> str:
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise BadInput("question is not valid UTF-8 text") from exc
+        # JSON can spell lone surrogates (\ud800) and argv can carry undecodable bytes as them; the
+        # tokenizer cannot take them.
+        raise BadInput("question is not valid UTF-8 text (it contains lone surrogates)") from exc
     if len(question) > settings.max_question_chars:
         raise BadInput(f"question is longer than {settings.max_question_chars} characters")
     return question

@@ -171,11 +171,6 @@ def _stamp(response: Response, snapshot: Snapshot) -> Snapshot:
 
 def _check_limits(question: str, top_k: int | None, history_len: int, settings: Settings) -> str:
     """Every input limit, checked before the index is touched so bad input never waits on a model."""
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError:
-        # JSON can spell lone surrogates (\ud800); the tokenizer cannot take them.
-        raise BadInput("question is not valid Unicode text (it contains lone surrogates)") from None
     question = validate_question(question, settings)
     if top_k is not None and not 1 <= top_k <= settings.max_top_k:
         raise BadInput(f"top_k must be between 1 and {settings.max_top_k}")
