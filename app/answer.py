@@ -2,6 +2,7 @@
 
 import re
 import time
+from dataclasses import replace
 from typing import Protocol
 
 from app.embed import Embedder
@@ -23,6 +24,8 @@ DUPLICATE_OVERLAP = 0.6
 SUPPORT_RATIO = 0.9
 OFFICIAL_SUPPORT_RATIO = 0.65
 _MARKER = re.compile(r"\[(\d+)\]")
+# A quotation that opens in a sentence and closes a few sentences on is cited whole, up to this many more.
+QUOTE_SENTENCES = 3
 
 
 class Answerer(Protocol):
@@ -62,6 +65,7 @@ class ExtractiveAnswerer:
                 if not any(framed(snapshot, name, ev) for ev in chosen):
                     extra = [ev for ev in usable if framed(snapshot, name, ev)]
                     chosen = _distinct(snapshot, chosen + extra[:1], len(chosen) + 1)
+        chosen = [_whole_quote(snapshot, ev) for ev in chosen]
         return render(snapshot, chosen), False, chosen
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
@@ -98,6 +102,29 @@ def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:
         f"{text[ev.start : ev.end]} [{i}]"
         for i, (ev, text) in enumerate(zip(chosen, doc_text, strict=True), 1)
     )
+
+
+def _whole_quote(snapshot: Snapshot, ev: Evidence) -> Evidence:
+    """The sentence extended to the end of a quotation it opens: 'said: "X.' alone leaves out what was said.
+
+    Only curly or straight double quotes count (a single quote is also an apostrophe), only within the
+    paragraph, and only up to QUOTE_SENTENCES more sentences; a quotation that never closes is left as it is.
+    """
+    text = snapshot.doc_list[ev.doc].text
+    end = ev.end
+    for row in range(ev.row + 1, min(ev.row + 1 + QUOTE_SENTENCES, len(snapshot.sent_doc))):
+        if not _open_quote(text[ev.start : end]):
+            break
+        if int(snapshot.sent_doc[row]) != ev.doc or "\n" in text[end : int(snapshot.sent_start[row])]:
+            return ev
+        end = int(snapshot.sent_end[row])
+    if end == ev.end or _open_quote(text[ev.start : end]):
+        return ev
+    return replace(ev, end=end)
+
+
+def _open_quote(text: str) -> bool:
+    return text.count("“") > text.count("”") or text.count('"') % 2 == 1
 
 
 def _heading(snapshot: Snapshot, ev: Evidence) -> bool:

@@ -82,6 +82,20 @@ _ORG_NOUNS = (
     "institutions?|universit(?:y|ies)|schools?|newspapers?|businesses|business|banks?|ministr(?:y|ies)|"
     "government|courts?|services?"
 )
+# "Which two inspectors", "in which months": the answer names that many distinct values, not one.
+_COUNTS = {"two": 2, "three": 3, "four": 4, "five": 5, "2": 2, "3": 3, "4": 4, "5": 5}
+_COUNT_Q = re.compile(r"\b(?:which|what)\s+(two|three|four|five|[2-5])\b", re.I)
+_PLURAL_GRANULE_Q = re.compile(r"\b(?:which|what)\s+(?:months|years|days)\b", re.I)
+# Money asked for by name ("what extra money", "how much funding"): only an amount of money answers it.
+_MONEY_Q = re.compile(
+    r"\b(?:what|which|how much)\s+(?:[\w'’-]+\s+){0,2}?(?:money|funding|funds|cash|investment|grants?)\b",
+    re.I,
+)
+_MONEY = re.compile(
+    r"[£$€¥₹]\s?\d|\d[\d,.]*\s*(?:(?:million|billion|thousand|m|bn)\s+)?(?:pounds?|dollars?|euros?|lira|lire|"
+    r"francs?|marks?|yen|yuan|rupees?|pesos?|roubles?|rubles?|kron(?:a|or|er)|shillings?|guineas?|pence|cents?)\b",
+    re.I,
+)
 # Up to two modifiers may stand between "which" and the noun ("which two inspectors"), never a verb.
 _AUX = r"(?:did|does|do|is|was|were|are|has|have|had|will|would|can|could|should|may|might|must)\b"
 _GENERIC_ORG = r"bod(?:y|ies)|organi[sz]ations?|groups?|institutions?"
@@ -174,13 +188,55 @@ def offers(
                 re.findall(rf"\b(?:{_ORG_NOUNS})\b", sentence, re.I) if generic else [head.group("head")]
             ):
                 found += _headed_phrases(sentence, noun)
-    return any(not _said(f, asked) for f in found)
+    new = {f.lower() for f in found if not _said(f, asked)}
+    return len(new) >= _count(asked)
+
+
+def _count(asked: str) -> int:
+    """How many distinct values the question asks for: one unless it says ("which two") or a plural date part."""
+    m = _COUNT_Q.search(asked)
+    if m:
+        return _COUNTS[m.group(1).lower()]
+    return 2 if _PLURAL_GRANULE_Q.search(asked) else 1
+
+
+# "How many focused visits ...": the words after "how many", up to the verb or preposition, name what is counted.
+_HOW_MANY = re.compile(r"\bhow many\s+((?:[\w'’-]+\s*){1,2})", re.I)
+_COUNT_STOP = re.compile(
+    rf"^(?:{_AUX}|of|in|on|at|for|to|from|by|with|per|out|there|than|more|fewer|other|such)$", re.I
+)
+
+
+def counted_nouns(question: str) -> list[str]:
+    """The (at most two) words naming what a "how many" question counts, before any verb or preposition."""
+    m = _HOW_MANY.search(question)
+    if not m:
+        return []
+    nouns: list[str] = []
+    for word in m.group(1).split():
+        if _COUNT_STOP.match(word) or is_stopword(word):
+            break
+        nouns.append(word.lower())
+    return nouns
+
+
+def counts(sentence: str, nouns: list[str]) -> bool:
+    """Whether a figure of the sentence counts one of the nouns: it stands at most three words before it."""
+    text = _DATE_FIGURES.sub(" ", sentence)
+    roots = [n[: max(4, len(n) - 3)] for n in nouns]
+    for m in _NUMBER.finditer(text):
+        after = re.findall(r"[\w'’-]+", text[m.end() : m.end() + 60].lower())[:3]
+        if any(w.startswith(root) for w in after for root in roots):
+            return True
+    return False
 
 
 def _unit(asked: str) -> re.Pattern[str] | None:
     """The pattern a figure must match when the question names its unit."""
     if _PERCENT_Q.search(asked):
         return _PERCENT
+    if _MONEY_Q.search(asked):
+        return _MONEY
     return next((figure for q, figure in _CURRENCY_Q.items() if q.search(asked)), None)
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from app.embed import Embedder
-from app.expect import expected, offers
+from app.expect import NUMBER, counted_nouns, counts, expected, offers
 from app.index import Snapshot
 from app.settings import Settings
 from app.split import terms
@@ -207,18 +207,28 @@ def _judge(
     antecedent ("who replaced him?") is never its own answer.
     """
     kind = expected(focus)
+    nouns = counted_nouns(focus) if kind == NUMBER else []
     asked = set(query_terms)
+    counting: dict[int, bool] = {}
     for ev in sorted(sentences, key=lambda e: -e.score)[:TYPED_SENTENCES]:
         text = snapshot.doc_list[ev.doc].text[ev.start : ev.end]
         if not offers(kind, text, query, _proper(snapshot, ev.doc)):
             ev.offers = False
             ev.score -= TYPE_PENALTY
+        elif nouns:
+            counting[ev.row] = counts(text, nouns)
         if len(set(snapshot.sentence_terms[ev.row]) - asked) < 2:
             ev.score -= ECHO_PENALTY
         if text in avoid:
             # A follow-up asks for something new: what the last answer said cannot answer it again.
             ev.offers = False
             ev.score -= REPEAT_PENALTY
+    # "How many focused visits": where a passage counts the asked thing, its figures of other things do not
+    # answer ("a one-week inspection every three years" beside "at least one focused visit").
+    passages_counting = {ev.chunk for ev in sentences if counting.get(ev.row)}
+    for ev in sentences:
+        if ev.row in counting and not counting[ev.row] and ev.chunk in passages_counting:
+            ev.offers = False
 
 
 def _proper(snapshot: Snapshot, doc: int) -> Callable[[str], bool]:

@@ -8,10 +8,13 @@ import pytest
 
 from app.answer import ABSTAIN_TEXT, ask, candidates, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
-from app.expect import DATE, NAME, NUMBER, PERSON, expected, offers, sub_questions
+from app.expect import DATE, NAME, NUMBER, PERSON, counted_nouns, counts, expected, offers, sub_questions
 from app.followup import standalone
+from app.index import Store
 from app.retrieve import CHUNK_COVERAGE_WEIGHT, retrieve
 from app.schemas import Message
+from app.settings import Settings
+from ingest.build import ingest
 from tests.conftest import ROOT
 
 LETTER = "ofsted-focused-visit-letter-wakefield-2018-03-22.md"
@@ -181,9 +184,51 @@ def test_answer_kinds():
     assert not offers(NUMBER, "There were many such cases.", "Exactly how many cases were open?")
     assert not offers(DATE, "It was published in July.", "On which day of the week was it published?")
     assert offers(DATE, "It was published on Friday.", "On which day of the week was it published?")
+    # "Which two", plural date parts, money and the thing a "how many" question counts.
+    q = "Which two inspectors carried out the visit?"
+    assert not offers(PERSON, "The lead inspector was Jane Smith.", q)
+    assert offers(PERSON, "The inspectors were Jane Smith and Omar Khan.", q)
+    assert not offers(DATE, "They came in August 2015.", "In which months did inspectors visit?")
+    assert offers(DATE, "They came in September and October.", "In which months did inspectors visit?")
+    assert expected("What extra money has the council allocated?") == NUMBER
+    assert not offers(NUMBER, "It added two teams.", "What extra money has the council allocated?")
+    assert offers(NUMBER, "It added £3.5m.", "What extra money has the council allocated?")
+    assert offers(NUMBER, "It paid 6 million lira.", "How much money was paid?")
+    assert counted_nouns("How many focused visits do councils get?") == ["focused", "visits"]
+    assert counted_nouns("When did it happen?") == []
+    assert counts('Councils get at least one "focused" visit.', ["focused", "visits"])
+    assert not counts("Councils get a one-week inspection every three years.", ["focused", "visits"])
     assert sub_questions("Who chaired it, and when?") == ["Who chaired it?", "When chaired it?"]
     assert sub_questions("Who led it and why?") == ["Who led it?", "Why led it?"]
     assert sub_questions("What did the council say?") == ["What did the council say?"]
+
+
+QUOTED = """Council reacts to the report
+
+The council leader spoke after the meeting. Council leader Ann Hale said: “The report makes hard reading. \
+Budget cuts of £9m have made the work of the social care teams much harder.” The meeting ended at noon.
+
+Deputy leader Tom Reed said: “We will publish a plan. It will be ready by the spring.
+
+Nobody closed this quotation.
+"""
+
+
+def test_a_quotation_is_cited_whole(tmp_path, embedder):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "reaction.txt").write_text(QUOTED, encoding="utf-8")
+    settings = Settings(home=tmp_path / "home", corpus=corpus)
+    ingest(corpus, settings, embedder)
+    snapshot = Store(settings).open()
+    answer = ask(snapshot, embedder, "What did the council leader Ann Hale say about the report?", settings)
+    quote = answer.citations[0].quote
+    assert quote.startswith("Council leader Ann Hale said:") and quote.endswith("much harder.”")
+    _invariants(snapshot, answer)
+    # A quotation that never closes within its paragraph is cited sentence by sentence, as before.
+    answer = ask(snapshot, embedder, "What did deputy leader Tom Reed say he would publish?", settings)
+    assert answer.citations[0].quote == "Deputy leader Tom Reed said: “We will publish a plan."
+    _invariants(snapshot, answer)
 
 
 def _cli_ask(home, *args, check=True):
