@@ -65,7 +65,7 @@ _INSTITUTION = {
     "team",
 }
 
-DATE, NUMBER, PERSON, NAME = "date", "number", "person", "name"
+DATE, NUMBER, PERSON, NAME, RATING = "date", "number", "person", "name", "rating"
 
 # Nouns that denote people: "which two inspectors" asks for names as "who" does (the HUM:individual class
 # of Li and Roth's 2002 question taxonomy, which keys on the head noun after "which"/"what").
@@ -81,6 +81,15 @@ _ORG_NOUNS = (
     "committees?|boards?|groups?|teams?|agenc(?:y|ies)|departments?|panels?|parties|party|authorit(?:y|ies)|"
     "institutions?|universit(?:y|ies)|schools?|newspapers?|businesses|business|banks?|ministr(?:y|ies)|"
     "government|courts?|services?"
+)
+# "How did Ofsted rate it?", "what overall rating": a verdict is answered by a sentence that gives one.
+_RATING_Q = re.compile(
+    r"\bhow (?:did|do|does|was|were|is|are|has|have|had) (?:[\w'’-]+ ){0,3}?(?:rated?|graded?|scored?|ranked|rank|judged?)\b"
+    r"|\b(?:what|which) (?:[\w'’-]+ )?(?:rating|grade|score|ranking|verdict|judge?ment)s?\b",
+    re.I,
+)
+_RATING = re.compile(
+    r"\b(?:rat(?:ed|ing|ings)|grad(?:ed|es?|ing)|scored?|ranked|judged|judge?ments?|verdicts?|deemed)\b", re.I
 )
 # "Which two inspectors", "in which months": the answer names that many distinct values, not one.
 _COUNTS = {"two": 2, "three": 3, "four": 4, "five": 5, "2": 2, "3": 3, "4": 4, "5": 5}
@@ -155,6 +164,8 @@ def expected(question: str) -> str | None:
         return PERSON
     if _ORG_Q.search(q):
         return NAME
+    if _RATING_Q.search(q):
+        return RATING
     return None
 
 
@@ -169,6 +180,8 @@ def offers(
     if kind is None:
         return True
     asked = question.lower()
+    if kind == RATING:
+        return bool(_RATING.search(sentence))
     if kind == DATE:
         granule = _granule(asked)
         found = [m.group() for m in (granule or _DATE).finditer(sentence)]

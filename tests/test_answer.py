@@ -8,7 +8,18 @@ import pytest
 
 from app.answer import ABSTAIN_TEXT, ask, candidates, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
-from app.expect import DATE, NAME, NUMBER, PERSON, counted_nouns, counts, expected, offers, sub_questions
+from app.expect import (
+    DATE,
+    NAME,
+    NUMBER,
+    PERSON,
+    RATING,
+    counted_nouns,
+    counts,
+    expected,
+    offers,
+    sub_questions,
+)
 from app.followup import standalone
 from app.index import Store
 from app.retrieve import CHUNK_COVERAGE_WEIGHT, retrieve
@@ -194,6 +205,10 @@ def test_answer_kinds():
     assert not offers(NUMBER, "It added two teams.", "What extra money has the council allocated?")
     assert offers(NUMBER, "It added £3.5m.", "What extra money has the council allocated?")
     assert offers(NUMBER, "It paid 6 million lira.", "How much money was paid?")
+    assert expected("How did Ofsted rate the council?") == RATING
+    assert expected("What overall rating did the council get?") == RATING
+    assert not offers(RATING, "Ofsted found serious failures at the council.", "How did Ofsted rate it?")
+    assert offers(RATING, 'The council was rated "inadequate".', "How did Ofsted rate it?")
     assert counted_nouns("How many focused visits do councils get?") == ["focused", "visits"]
     assert counted_nouns("When did it happen?") == []
     assert counts('Councils get at least one "focused" visit.', ["focused", "visits"])
