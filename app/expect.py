@@ -169,6 +169,26 @@ def expected(question: str) -> str | None:
     return None
 
 
+# Words of the question's form rather than its content: they name the kind of answer ("which day of the
+# week", "what body", "which two"), so the answering sentence has no reason to repeat them.
+_FORM_WORDS = (
+    "day|days|week|weeks|month|months|year|years|date|dates|decade|century|time|percentage|proportion|share|"
+    "number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name|two|three|four|five"
+)
+_FORM_Q = re.compile(
+    rf"\b(?:which|what|how many|how much)\s+((?:(?:{_FORM_WORDS})\s+(?:of\s+the\s+)?)+)|\bday of the week\b",
+    re.I,
+)
+
+
+def form_words(question: str) -> list[str]:
+    """The words of the question that only name the kind of answer it wants."""
+    found: list[str] = []
+    for m in _FORM_Q.finditer(question):
+        found += [w for w in m.group().lower().split() if re.fullmatch(_FORM_WORDS, w)]
+    return found
+
+
 def offers(
     kind: str | None, sentence: str, question: str, proper: Callable[[str], bool] | None = None
 ) -> bool:

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from app.embed import Embedder
-from app.expect import NUMBER, counted_nouns, counts, expected, offers
+from app.expect import NUMBER, counted_nouns, counts, expected, form_words, offers
 from app.index import Snapshot
 from app.settings import Settings
 from app.split import terms
@@ -27,7 +27,7 @@ CONTEXT_WEIGHT = 0.15
 # shares few of them. Fitted, relative to the score, by a listwise logistic regression on the SQuAD
 # calibration sample (`python -m evals.squad --fit`; label: the sentence contains a gold answer). The
 # score alone, the sentence's own evidence, still decides abstention and which further sentences join.
-CHUNK_COVERAGE_WEIGHT = 0.87
+CHUNK_COVERAGE_WEIGHT = 0.89
 # A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
 CHUNK_DENSE_WEIGHT = 0.2
 CHUNK_LEXICAL_WEIGHT = 0.1
@@ -103,7 +103,9 @@ def retrieve(
     dense, lexical, candidates = search(snapshot, vector, query_terms, settings)
     t2 = time.perf_counter()
     timings["search"] = (t2 - t1) * 1000
-    sentences, chunk_coverage = _score_sentences(snapshot, vector, query_terms, candidates, set(terms(focus)))
+    sentences, chunk_coverage = _score_sentences(
+        snapshot, vector, content_terms(query_terms, focus), candidates, set(terms(focus))
+    )
     _judge(snapshot, focus, query, query_terms, sentences, avoid)
     best_in_chunk: dict[int, float] = {}
     for ev in sentences:
@@ -128,6 +130,13 @@ def retrieve(
     sentences.sort(key=lambda ev: -ev.rank)
     timings["score"] = (time.perf_counter() - t2) * 1000
     return Retrieval(query, query_terms, chunks, sentences, focus, timings)
+
+
+def content_terms(query_terms: list[str], focus: str) -> list[str]:
+    """The query terms a sentence is scored on: without the words that only name the kind of answer
+    ("which day of the week", "what body"), which the answering sentence has no reason to repeat."""
+    form = set(terms(" ".join(form_words(focus))))
+    return [t for t in query_terms if t not in form] or query_terms
 
 
 def search(

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_answer_sentences: int = 3
     # Abstain when the best evidence scores below this: the 2nd percentile of the best-evidence scores of
     # answerable questions in a SQuAD calibration sample (`python -m evals.squad --calibrate`).
-    abstain_threshold: float = 0.333
+    abstain_threshold: float = 0.35
 
 
 @lru_cache

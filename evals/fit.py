@@ -13,7 +13,7 @@ import numpy as np
 
 from app.embed import Embedder
 from app.index import Snapshot
-from app.retrieve import _judge, _score_sentences, search
+from app.retrieve import _judge, _score_sentences, content_terms, search
 from app.settings import Settings
 from app.split import terms
 
@@ -35,7 +35,8 @@ def examples(
         vector = embedder.encode_query(question)
         query_terms = terms(question)
         _, _, candidates = search(snapshot, vector, query_terms, settings)
-        sentences, coverage = _score_sentences(snapshot, vector, query_terms, candidates, set(query_terms))
+        scored = content_terms(query_terms, question)
+        sentences, coverage = _score_sentences(snapshot, vector, scored, candidates, set(query_terms))
         _judge(snapshot, question, question, query_terms, sentences, frozenset())
         golds = [_norm(a) for a in item["answers"]]
         labels = np.array(

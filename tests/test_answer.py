@@ -17,6 +17,7 @@ from app.expect import (
     counted_nouns,
     counts,
     expected,
+    form_words,
     offers,
     sub_questions,
 )
@@ -209,6 +210,9 @@ def test_answer_kinds():
     assert expected("What overall rating did the council get?") == RATING
     assert not offers(RATING, "Ofsted found serious failures at the council.", "How did Ofsted rate it?")
     assert offers(RATING, 'The council was rated "inadequate".', "How did Ofsted rate it?")
+    assert form_words("On which day of the week was it published?") == ["day", "week"]
+    assert form_words("What body did the council set up?") == ["body"]
+    assert form_words("What did the council set up?") == []
     assert counted_nouns("How many focused visits do councils get?") == ["focused", "visits"]
     assert counted_nouns("When did it happen?") == []
     assert counts('Councils get at least one "focused" visit.', ["focused", "visits"])
