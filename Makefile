@@ -31,7 +31,7 @@ test: install browser
 	$(PY) -m pytest -q
 
 eval: install
-	$(CITEQA) eval
+	$(CITEQA) eval --squad
 
 bench: install
 	$(PY) -m bench.run

@@ -122,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="evals/baseline.json")
     p.add_argument("--corpus", default=None, help="corpus folder to index (default: CITEQA_CORPUS)")
     p.add_argument("--update-baseline", action="store_true", help="rewrite --baseline from this run")
+    p.add_argument(
+        "--squad", action="store_true", help="also run, report and gate the SQuAD benchmark (in-process)"
+    )
     p.set_defaults(func=cmd_eval)
     return root
 

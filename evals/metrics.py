@@ -32,6 +32,20 @@ HEADLINE = (
     "latency_p50_ms",
     "latency_p95_ms",
 )
+# The SQuAD benchmark's figures (evals/squad.py), in table order; shared names mean the same as above.
+SQUAD_HEADLINE = (
+    "hit_at_1",
+    "hit_at_5",
+    "mrr",
+    "answer_contains_gold",
+    "first_citation_contains_gold",
+    "abstention_rate",
+    "false_abstention_rate",
+    "invalid_citations",
+    "errors",
+    "latency_p50_ms",
+    "latency_p95_ms",
+)
 # Absolute tolerances: two points on rates (about two questions of the 92); latency is not gated (None)
 # because CI machines differ several-fold in speed, so it is charted but never fails a build.
 DEFAULT_TOLERANCE: dict[str, float | None] = {
@@ -48,6 +62,12 @@ DEFAULT_TOLERANCE: dict[str, float | None] = {
     "errors": 0.0,
     "latency_p50_ms": None,
     "latency_p95_ms": None,
+}
+
+
+# Two points on a sample of 400 is eight questions: a real change, not one question flipping.
+SQUAD_TOLERANCE: dict[str, float | None] = {
+    k: None if k.endswith("_ms") else 0.0 if k in MUST_BE_ZERO else 0.02 for k in SQUAD_HEADLINE
 }
 
 
@@ -156,24 +176,30 @@ class Check:
     baseline: float | None
     tolerance: float | None
     ok: bool
+    # Which run the metric belongs to: "" for the question set, "squad" for the SQuAD benchmark.
+    corpus: str = ""
 
     def describe(self) -> str:
         """A line saying what was compared and how it came out."""
+        name = f"{self.corpus}.{self.metric}" if self.corpus else self.metric
         if self.metric in MUST_BE_ZERO and self.baseline is None:
-            return f"{self.metric} = {self.value:g} (must be 0)"
+            return f"{name} = {self.value:g} (must be 0)"
         sign = "+" if self.metric in LOWER_IS_BETTER else "-"
-        name, value, base = self.metric, fmt(self.value, self.metric), fmt(self.baseline, self.metric)
+        value, base = fmt(self.value, self.metric), fmt(self.baseline, self.metric)
         return f"{name} = {value} vs baseline {base} {sign} {self.tolerance:g}"
 
 
 def gate(
-    metrics: Mapping[str, Any], baseline: Mapping[str, Any], tolerance: Mapping[str, float | None]
+    metrics: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    tolerance: Mapping[str, float | None],
+    corpus: str = "",
 ) -> list[Check]:
     """Compare metrics with the baseline; metrics with no tolerance (latency) or no baseline are not gated."""
     checks: list[Check] = []
     for name in MUST_BE_ZERO:
         value = metrics.get(name) or 0
-        checks.append(Check(name, value, None, 0.0, value == 0))
+        checks.append(Check(name, value, None, 0.0, value == 0, corpus))
     for name, tol in tolerance.items():
         value, base = metrics.get(name), baseline.get(name)
         if tol is None or base is None or name in MUST_BE_ZERO:
@@ -184,7 +210,7 @@ def gate(
             ok = value <= base + tol + ROUNDING
         else:
             ok = value >= base - tol - ROUNDING
-        checks.append(Check(name, value, base, tol, ok))
+        checks.append(Check(name, value, base, tol, ok, corpus))
     return checks
 
 

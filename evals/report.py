@@ -6,13 +6,14 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from evals.metrics import HEADLINE, LOWER_IS_BETTER, ROUNDING, Check, fmt
+from evals.metrics import HEADLINE, LOWER_IS_BETTER, ROUNDING, SQUAD_HEADLINE, Check, fmt
 
 HISTORY = "history.jsonl"
 # Runs charted in the history panel: enough to see a trend, few enough to read each point.
 HISTORY_RUNS = 10
 # Metrics drawn against the baseline and over past runs (counts and latency tails add little there).
 CHARTED = HEADLINE[: HEADLINE.index("citation_validity") + 1]
+SQUAD_CHARTED = SQUAD_HEADLINE[: SQUAD_HEADLINE.index("false_abstention_rate") + 1]
 TRENDED = (
     "pass_rate",
     "answer_match",
@@ -63,10 +64,50 @@ def _checks(data: Mapping[str, Any]) -> list[Check]:
     return [Check(**c) for c in data.get("gate", [])]
 
 
-def table(summary: Mapping[str, Any], baseline: Mapping[str, Any], checks: Sequence[Check]) -> str:
-    """The headline metrics as a fixed-width table for the terminal."""
+def _squad(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Check]] | None:
+    """The SQuAD benchmark's figures, baseline and checks, when the run included it."""
+    section = data.get("squad")
+    if not section:
+        return None
+    return section["metrics"], section.get("baseline") or {}, [Check(**c) for c in section["gate"]]
+
+
+def _failed(data: Mapping[str, Any]) -> list[Check]:
+    squad = _squad(data)
+    return [c for c in _checks(data) + (squad[2] if squad else []) if not c.ok]
+
+
+def _squad_markdown(data: Mapping[str, Any]) -> list[str]:
+    squad = _squad(data)
+    if squad is None:
+        return []
+    figures, base, checks = squad
+    out = [
+        "",
+        "## SQuAD benchmark",
+        "",
+        f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable questions of the shared "
+        "SQuAD 2.0 split, each paragraph a document (`python -m evals.squad`).",
+        "",
+        "| metric | value | baseline | gate |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    out += [
+        f"| {k} | {fmt(figures.get(k), k)} | {fmt(base.get(k), k)} | {_status(k, checks)} |"
+        for k in SQUAD_HEADLINE
+    ]
+    return out
+
+
+def table(
+    summary: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    checks: Sequence[Check],
+    keys: Sequence[str] = HEADLINE,
+) -> str:
+    """The headline metrics (or the given ones) as a fixed-width table for the terminal."""
     rows = [("metric", "value", "baseline", "gate")]
-    rows += [(k, fmt(summary.get(k), k), fmt(baseline.get(k), k), _status(k, checks)) for k in HEADLINE]
+    rows += [(k, fmt(summary.get(k), k), fmt(baseline.get(k), k), _status(k, checks)) for k in keys]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [
         "  ".join(
@@ -103,7 +144,8 @@ def markdown(data: Mapping[str, Any]) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     out += [f"| {k} | {fmt(m.get(k), k)} | {fmt(base.get(k), k)} | {_status(k, checks)} |" for k in HEADLINE]
-    failed = [c for c in checks if not c.ok]
+    out += _squad_markdown(data)
+    failed = _failed(data)
     if failed:
         out += ["", "## Gate failures", ""] + [f"- {c.describe()}" for c in failed]
     out += [
@@ -247,7 +289,7 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
         f'<p class="muted">{escape(run["at"])} · {escape(run["mode"])} · {escape(run["target"])} · '
         f"{m['passed']}/{m['questions']} questions passed · {run['seconds']} s</p>",
     ]
-    failed = [c for c in checks if not c.ok]
+    failed = _failed(data)
     if failed:
         out.append(
             '<ul class="fail">' + "".join(f"<li>{escape(c.describe())}</li>" for c in failed) + "</ul>"
@@ -273,6 +315,7 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
             f'<td class="{cls}">{status}</td></tr>'
         )
     out.append("</table></div>")
+    out += _squad_html(data)
     out.append("<h2>Pass rate per tag</h2>")
     tag_rows = [
         (
@@ -303,6 +346,36 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
     out += [_failure(r) for r in failures] or ["<p>None.</p>"]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _squad_html(data: Mapping[str, Any]) -> list[str]:
+    squad = _squad(data)
+    if squad is None:
+        return []
+    figures, base, checks = squad
+    rows = []
+    for k in SQUAD_CHARTED:
+        value, tick = figures.get(k), base.get(k)
+        note = f"{fmt(value, k)} (base {fmt(tick, k)})" if tick is not None else fmt(value, k)
+        rows.append(
+            (k + (" ↓" if k in LOWER_IS_BETTER else ""), value, tick, note, _status(k, checks) != "FAIL")
+        )
+    out = [
+        "<h2>SQuAD benchmark</h2>",
+        f'<p class="muted">{figures["answerable"]} answerable and {figures["unanswerable"]} unanswerable '
+        "questions of the shared SQuAD 2.0 split, each paragraph a document; gated like the question set.</p>",
+        '<div class="grid"><div>' + bars(rows, width=660) + "</div>",
+        "<table><tr><th>metric</th><th>value</th><th>baseline</th><th>gate</th></tr>",
+    ]
+    for k in SQUAD_HEADLINE:
+        status = _status(k, checks)
+        cls = {"ok": "pass", "FAIL": "fail"}.get(status, "muted")
+        out.append(
+            f"<tr><td>{k}</td><td>{fmt(figures.get(k), k)}</td><td>{fmt(base.get(k), k)}</td>"
+            f'<td class="{cls}">{status}</td></tr>'
+        )
+    out.append("</table></div>")
+    return out
 
 
 def _tag_table(tags: Mapping[str, Mapping[str, Any]]) -> str:

@@ -19,7 +19,7 @@ import yaml
 from app.errors import BadInput, CiteqaError
 from app.schemas import Answer, Message, Passage, RetrieveResponse
 from app.settings import Settings, get_settings
-from evals import metrics, report
+from evals import metrics, report, squad
 
 # Passages scored for hit@k and MRR: enough to see a relevant one ranked just out of the answer's reach.
 RETRIEVE_K = 10
@@ -310,9 +310,17 @@ def load_baseline(path: Path) -> tuple[dict[str, Any], dict[str, float | None]]:
 
 
 def baseline_from(
-    summary: dict[str, Any], tags: dict[str, dict[str, Any]], previous: dict[str, Any] | None, n: int
+    summary: dict[str, Any],
+    tags: dict[str, dict[str, Any]],
+    previous: dict[str, Any] | None,
+    n: int,
+    squad_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A new baseline from this run, keeping the previous file's tolerances."""
+    """A new baseline from this run, keeping the previous file's tolerances (and SQuAD figures when the run
+    had none)."""
+    squad_base = (previous or {}).get("squad")
+    if squad_figures is not None:
+        squad_base = {k: _round(squad_figures[k]) for k in metrics.SQUAD_HEADLINE}
     return {
         "note": "Written by `citeqa eval --update-baseline` from a real run; commit changes with a reason.",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -320,6 +328,7 @@ def baseline_from(
         "metrics": {k: _round(summary[k]) for k in metrics.HEADLINE},
         "tolerance": (previous or {}).get("tolerance", metrics.DEFAULT_TOLERANCE),
         "tag_pass_rate": {t: _round(m["pass_rate"]) for t, m in tags.items()},
+        "squad": squad_base,
     }
 
 
@@ -358,7 +367,16 @@ def main(args: argparse.Namespace) -> int:
     tags = metrics.by_tag(results)
     base_metrics = (previous or {}).get("metrics", {})
     checks = metrics.gate(summary, {} if update else base_metrics, tolerance)
-    failed = [c for c in checks if not c.ok]
+    squad_figures: dict[str, Any] | None = None
+    squad_checks: list[metrics.Check] = []
+    squad_base = (previous or {}).get("squad") or {}
+    if getattr(args, "squad", False):
+        print("running the SQuAD benchmark in-process ...", file=sys.stderr)
+        squad_figures = squad.benchmark()
+        squad_checks = metrics.gate(
+            squad_figures, {} if update else squad_base, metrics.SQUAD_TOLERANCE, "squad"
+        )
+    failed = [c for c in checks + squad_checks if not c.ok]
     run_info = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": backend.mode,
@@ -374,6 +392,13 @@ def main(args: argparse.Namespace) -> int:
         "baseline": previous,
         "gate": [c.__dict__ for c in checks],
         "results": results,
+        "squad": None
+        if squad_figures is None
+        else {
+            "metrics": squad_figures,
+            "baseline": squad_base or None,
+            "gate": [c.__dict__ for c in squad_checks],
+        },
     }
     report_dir = Path(args.report)
     history = report.append_history(report_dir, run_info, summary)
@@ -383,8 +408,13 @@ def main(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     print(report.table(summary, base_metrics, checks))
     print(f"\n{summary['passed']}/{summary['questions']} questions passed; report: {paths['html']}")
+    if squad_figures is not None:
+        print(
+            f"\nSQuAD benchmark ({squad_figures['answerable']} answerable, {squad_figures['unanswerable']} unanswerable):"
+        )
+        print(report.table(squad_figures, squad_base, squad_checks, metrics.SQUAD_HEADLINE))
     if update:
-        new = baseline_from(summary, tags, previous, len(questions))
+        new = baseline_from(summary, tags, previous, len(questions), squad_figures)
         baseline_path.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
         print(f"baseline rewritten: {baseline_path} (commit the diff with the reason)")
     for check in failed:

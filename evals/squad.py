@@ -19,9 +19,12 @@ import numpy as np
 
 from app.answer import ask, candidates, passages
 from app.embed import get_embedder
+from app.errors import BadInput, CiteqaError
 from app.index import Store
 from app.retrieve import retrieve
+from app.schemas import Answer
 from app.settings import Settings
+from evals import metrics
 from ingest.build import ingest
 
 SPLIT = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "squad-dev-split.json"
@@ -58,49 +61,86 @@ def _norm(text: str) -> str:
 def run(
     settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Score retrieval and answers on the given questions."""
-    from evals.metrics import hit_at_k, mrr, percentile
-
+    """Score retrieval, answers and citations on the given questions."""
     snapshot = Store(settings).open()
-    embedder = get_embedder()
+    embedder = get_embedder(settings.model_cache)
     ranks: list[int | None] = []
-    contains, first_cite, false_abstain, latencies = 0, 0, 0, []
-    scores_answerable = []
+    contains, first_cite, false_abstain, abstained, errors, invalid = 0, 0, 0, 0, 0, 0
+    latencies: list[float] = []
+
+    def answer(question: str) -> Answer | None:
+        nonlocal errors, invalid
+        t = time.perf_counter()
+        try:
+            result = ask(snapshot, embedder, question, settings)
+        except CiteqaError:  # counted and gated like a question-set error, never fatal to the run
+            errors += 1
+            return None
+        latencies.append((time.perf_counter() - t) * 1000)
+        for c in result.citations:
+            doc = snapshot.docs.get(c.doc_id)
+            invalid += not metrics.citation_valid(doc.text if doc else None, c.start, c.end, c.quote)
+        return result
+
     for item in answerable:
         docs = list(
             dict.fromkeys(p.doc_id for p in passages(snapshot, embedder, item["question"], settings, 20))
         )
         ranks.append(docs.index(item["doc_id"]) + 1 if item["doc_id"] in docs else None)
-        t = time.perf_counter()
-        result = ask(snapshot, embedder, item["question"], settings)
-        latencies.append((time.perf_counter() - t) * 1000)
+        result = answer(item["question"])
         golds = [_norm(a) for a in item["answers"]]
-        if result.abstained:
-            false_abstain += 1
+        if result is None or result.abstained:
+            false_abstain += result is not None
         else:
             contains += any(g in _norm(result.answer) for g in golds)
             first_cite += any(g in _norm(result.citations[0].quote) for g in golds)
-        scores_answerable.append(result.citations[0].score if result.citations else 0.0)
-    abstained = sum(ask(snapshot, embedder, item["question"], settings).abstained for item in unanswerable)
+    for item in unanswerable:
+        result = answer(item["question"])
+        abstained += result is not None and result.abstained
     n = len(answerable)
     return {
         "answerable": n,
         "unanswerable": len(unanswerable),
-        "hit@1": hit_at_k(ranks, 1),
-        "hit@5": hit_at_k(ranks, 5),
-        "mrr": mrr(ranks),
-        "answer_contains_gold": contains / n,
-        "first_citation_contains_gold": first_cite / n,
-        "false_abstention": false_abstain / n,
-        "abstention_on_unanswerable": abstained / max(1, len(unanswerable)),
-        "ask_p50_ms": percentile(latencies, 50),
-        "ask_p95_ms": percentile(latencies, 95),
+        "hit_at_1": metrics.hit_at_k(ranks, 1),
+        "hit_at_5": metrics.hit_at_k(ranks, 5),
+        "mrr": metrics.mrr(ranks),
+        "answer_contains_gold": contains / max(1, n),
+        "first_citation_contains_gold": first_cite / max(1, n),
+        "abstention_rate": abstained / max(1, len(unanswerable)),
+        "false_abstention_rate": false_abstain / max(1, n),
+        "invalid_citations": invalid,
+        "errors": errors,
+        "latency_p50_ms": metrics.percentile(latencies, 50),
+        "latency_p95_ms": metrics.percentile(latencies, 95),
     }
 
 
-def prepare(home: Path | None) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
+def benchmark(home: Path | None = None) -> dict[str, Any]:
+    """Index the split and score the evaluation sample: the figures `citeqa eval --squad` reports and gates.
+
+    Without `home` the index lives in a temporary folder that is deleted afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
+        settings, answerable, unanswerable = prepare(home or Path(tmp))
+        answerable, unanswerable = samples(answerable, unanswerable)
+        return run(settings, answerable[:SAMPLE], unanswerable[:SAMPLE])
+
+
+def samples(
+    answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both lists in the fixed shuffled order: the first SAMPLE evaluate, the next SAMPLE calibrate and fit."""
+    answerable, unanswerable = list(answerable), list(unanswerable)
+    rng = random.Random(SEED)
+    rng.shuffle(answerable)
+    rng.shuffle(unanswerable)
+    return answerable, unanswerable
+
+
+def prepare(home: Path) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the corpus and index it (reusing `home` when it already holds the index)."""
-    home = home or Path(tempfile.mkdtemp(prefix="citeqa-squad-"))
+    if not SPLIT.is_file():
+        raise BadInput(f"the SQuAD split is not at {SPLIT}")
     corpus = home / "corpus"
     answerable, unanswerable = write_corpus(SPLIT, corpus)
     settings = Settings(home=home / "index", corpus=corpus)
@@ -149,23 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", action="store_true", help="fit the sentence ranker's weight instead")
     parser.add_argument("--out", type=Path, default=Path("evals/reports/squad.json"))
     args = parser.parse_args(argv)
-    settings, answerable, unanswerable = prepare(args.home)
-    rng = random.Random(SEED)
-    rng.shuffle(answerable)
-    rng.shuffle(unanswerable)
-    if args.fit:
-        print(json.dumps(fit_scorer(settings, answerable[SAMPLE : 2 * SAMPLE])))
+    if not (args.fit or args.calibrate):
+        figures = benchmark(args.home)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+        for key, value in figures.items():
+            print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
+        print(f"written to {args.out}")
         return 0
-    if args.calibrate:
-        # Disjoint from the evaluation sample: calibration never sees the questions it is judged on.
-        calibrate(settings, answerable[SAMPLE : 2 * SAMPLE], unanswerable[SAMPLE : 2 * SAMPLE])
-        return 0
-    figures = run(settings, answerable[:SAMPLE], unanswerable[:SAMPLE])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2))
-    for key, value in figures.items():
-        print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
-    print(f"written to {args.out}")
+    with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
+        settings, answerable, unanswerable = prepare(args.home or Path(tmp))
+        answerable, unanswerable = samples(answerable, unanswerable)
+        if args.fit:
+            print(json.dumps(fit_scorer(settings, answerable[SAMPLE : 2 * SAMPLE])))
+        else:
+            # Disjoint from the evaluation sample: calibration never sees the questions it is judged on.
+            calibrate(settings, answerable[SAMPLE : 2 * SAMPLE], unanswerable[SAMPLE : 2 * SAMPLE])
     return 0
 
 

@@ -178,6 +178,7 @@ def test_committed_baseline_covers_every_headline_metric() -> None:
     assert set(metrics.HEADLINE) <= set(data["metrics"])
     assert data["metrics"]["invalid_citations"] == 0
     assert tol["latency_p50_ms"] is None and tol["latency_p95_ms"] is None
+    assert set(metrics.SQUAD_HEADLINE) <= set(data["squad"])
 
 
 # --- question file --------------------------------------------------------------------------------------
@@ -322,15 +323,23 @@ def test_gate_passes_on_the_real_corpus_against_the_committed_baseline(tmp_path:
     reports = tmp_path / "reports"
     citeqa = Path(sys.executable).with_name("citeqa")
     done = subprocess.run(
-        [str(citeqa), "eval", "--report", str(reports), "--json", str(tmp_path / "metrics.json")],
+        [str(citeqa), "eval", "--squad", "--report", str(reports), "--json", str(tmp_path / "metrics.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gate passed" in done.stdout and "hit_at_5" in done.stdout
+    assert "SQuAD benchmark (400 answerable, 400 unanswerable)" in done.stdout
     for name in ("report.json", "report.md", "report.html", "history.jsonl"):
         assert (reports / name).is_file()
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert data["metrics"]["invalid_citations"] == 0 and data["metrics"]["errors"] == 0
+    # One command shows both corpora, the SQuAD benchmark gated against its own baseline.
+    squad = data["squad"]
+    assert squad["metrics"]["invalid_citations"] == 0 and squad["metrics"]["errors"] == 0
+    assert {c["metric"] for c in squad["gate"]} >= {"hit_at_5", "answer_contains_gold", "abstention_rate"}
+    assert all(c["ok"] and c["corpus"] == "squad" for c in squad["gate"])
+    assert "## SQuAD benchmark" in (reports / "report.md").read_text()
+    assert "<h2>SQuAD benchmark</h2>" in (reports / "report.html").read_text()
 
 
 @pytest.mark.slow
@@ -367,3 +376,18 @@ def test_report_table_and_markdown_render_from_a_run(tmp_path: Path) -> None:
     assert "pass_rate" in report.table(summary, {"pass_rate": 1.0}, checks)
     assert "- pass_rate = 0.500 vs baseline 1.000 - 0.02" in paths["md"].read_text()
     assert SCRIPT not in paths["html"].read_text()
+    assert "SQuAD" not in paths["md"].read_text()  # a run without --squad has no such section
+
+    # A SQuAD benchmark that fell below its baseline is named among the gate failures of both pages.
+    figures = {k: 0.5 for k in metrics.SQUAD_HEADLINE} | {"invalid_citations": 0, "errors": 0,
+               "answerable": 400, "unanswerable": 400}  # fmt: skip
+    base = {**figures, "answer_contains_gold": 0.8}
+    squad_checks = metrics.gate(figures, base, metrics.SQUAD_TOLERANCE, "squad")
+    assert [c.describe() for c in squad_checks if not c.ok] == [
+        "squad.answer_contains_gold = 0.500 vs baseline 0.800 - 0.02"
+    ]
+    data["squad"] = {"metrics": figures, "baseline": base, "gate": [c.__dict__ for c in squad_checks]}
+    paths = report.write(tmp_path, data, history)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "## SQuAD benchmark" in md and "- squad.answer_contains_gold = 0.500 vs baseline 0.800" in md
+    assert "<h2>SQuAD benchmark</h2>" in page and "squad.answer_contains_gold = 0.500" in page
