@@ -295,26 +295,7 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
             '<ul class="fail">' + "".join(f"<li>{escape(c.describe())}</li>" for c in failed) + "</ul>"
         )
     out.append("<h2>Metrics against the baseline</h2>")
-    rows = []
-    for k in CHARTED:
-        value, tick = m.get(k), base.get(k)
-        note = f"{fmt(value, k)} (base {fmt(tick, k)})" if tick is not None else fmt(value, k)
-        label = k + (" ↓" if k in LOWER_IS_BETTER else "")
-        rows.append((label, value, tick, note, _status(k, checks) != "FAIL"))
-    out.append('<div class="grid"><div>' + bars(rows, width=660))
-    out.append(
-        '<p class="muted">Bars are this run, black ticks the committed baseline; ↓ marks lower-is-better.<br>'
-        "Red bars failed the gate.</p></div>"
-    )
-    out.append("<table><tr><th>metric</th><th>value</th><th>baseline</th><th>gate</th></tr>")
-    for k in HEADLINE:
-        status = _status(k, checks)
-        cls = {"ok": "pass", "FAIL": "fail"}.get(status, "muted")
-        out.append(
-            f"<tr><td>{k}</td><td>{fmt(m.get(k), k)}</td><td>{fmt(base.get(k), k)}</td>"
-            f'<td class="{cls}">{status}</td></tr>'
-        )
-    out.append("</table></div>")
+    out += _against_baseline(m, base, checks, CHARTED, HEADLINE)
     out += _squad_html(data)
     out.append("<h2>Pass rate per tag</h2>")
     tag_rows = [
@@ -353,21 +334,35 @@ def _squad_html(data: Mapping[str, Any]) -> list[str]:
     if squad is None:
         return []
     figures, base, checks = squad
-    rows = []
-    for k in SQUAD_CHARTED:
-        value, tick = figures.get(k), base.get(k)
-        note = f"{fmt(value, k)} (base {fmt(tick, k)})" if tick is not None else fmt(value, k)
-        rows.append(
-            (k + (" ↓" if k in LOWER_IS_BETTER else ""), value, tick, note, _status(k, checks) != "FAIL")
-        )
-    out = [
+    return [
         "<h2>SQuAD benchmark</h2>",
         f'<p class="muted">{figures["answerable"]} answerable and {figures["unanswerable"]} unanswerable '
         "questions of the shared SQuAD 2.0 split, each paragraph a document; gated like the question set.</p>",
-        '<div class="grid"><div>' + bars(rows, width=660) + "</div>",
+        *_against_baseline(figures, base, checks, SQUAD_CHARTED, SQUAD_HEADLINE),
+    ]
+
+
+def _against_baseline(
+    figures: Mapping[str, Any],
+    base: Mapping[str, Any],
+    checks: Sequence[Check],
+    charted: Sequence[str],
+    tabled: Sequence[str],
+) -> list[str]:
+    """Bars of the charted metrics with the baseline's ticks, beside a table of every metric and its gate."""
+    rows = []
+    for k in charted:
+        value, tick = figures.get(k), base.get(k)
+        note = f"{fmt(value, k)} (base {fmt(tick, k)})" if tick is not None else fmt(value, k)
+        label = k + (" ↓" if k in LOWER_IS_BETTER else "")
+        rows.append((label, value, tick, note, _status(k, checks) != "FAIL"))
+    out = [
+        '<div class="grid"><div>' + bars(rows, width=660),
+        '<p class="muted">Bars are this run, black ticks the committed baseline; ↓ marks lower-is-better.<br>'
+        "Red bars failed the gate.</p></div>",
         "<table><tr><th>metric</th><th>value</th><th>baseline</th><th>gate</th></tr>",
     ]
-    for k in SQUAD_HEADLINE:
+    for k in tabled:
         status = _status(k, checks)
         cls = {"ok": "pass", "FAIL": "fail"}.get(status, "muted")
         out.append(
