@@ -19,7 +19,7 @@ from app.index import Snapshot
 from app.retrieve import CHUNK_COVERAGE_WEIGHT
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
-from evals import metrics, report
+from evals import metrics, report, squad
 from evals.fit import fit
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
@@ -271,6 +271,12 @@ def test_an_unreachable_server_is_a_clear_usage_error(
     )
     assert code == 2
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(squad, "SPLIT", tmp_path / "missing.json")
+    with pytest.raises(BadInput, match="the SQuAD split is not at .*missing.json"):
+        squad.benchmark(tmp_path / "home")
 
 
 # --- full runs ---------------------------------------------------------------------------------------------
