@@ -65,7 +65,7 @@ class ExtractiveAnswerer:
                 if not any(framed(snapshot, name, ev) for ev in chosen):
                     extra = [ev for ev in usable if framed(snapshot, name, ev)]
                     chosen = _distinct(snapshot, chosen + extra[:1], len(chosen) + 1)
-        chosen = [_whole_quote(snapshot, ev) for ev in chosen]
+        chosen = _unquoted([_whole_quote(snapshot, ev) for ev in chosen])
         return render(snapshot, chosen), False, chosen
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
@@ -115,12 +115,29 @@ def _whole_quote(snapshot: Snapshot, ev: Evidence) -> Evidence:
     for row in range(ev.row + 1, min(ev.row + 1 + QUOTE_SENTENCES, len(snapshot.sent_doc))):
         if not _open_quote(text[ev.start : end]):
             break
-        if int(snapshot.sent_doc[row]) != ev.doc or "\n" in text[end : int(snapshot.sent_start[row])]:
+        # Paragraphs are separated by a blank line; a single line break is a hard wrap inside one.
+        if int(snapshot.sent_doc[row]) != ev.doc or "\n\n" in text[end : int(snapshot.sent_start[row])]:
             return ev
         end = int(snapshot.sent_end[row])
     if end == ev.end or _open_quote(text[ev.start : end]):
         return ev
     return replace(ev, end=end)
+
+
+def _unquoted(evidence: list[Evidence]) -> list[Evidence]:
+    """The evidence without sentences another citation already quotes (a quotation cited whole covers them)."""
+
+    def covers(a: Evidence, b: Evidence) -> bool:
+        return a.doc == b.doc and a.start <= b.start and b.end <= a.end
+
+    return [
+        ev
+        for i, ev in enumerate(evidence)
+        if not any(
+            j != i and covers(other, ev) and (j < i or not covers(ev, other))
+            for j, other in enumerate(evidence)
+        )
+    ]
 
 
 def _open_quote(text: str) -> bool:
@@ -246,7 +263,7 @@ def ask(
         text, abstained, evidence = results[0]
     else:
         # The parts' sentences together, each once, in the usual reading order.
-        evidence = list({ev.row: ev for _, _, found_ev in answered for ev in found_ev}.values())
+        evidence = _unquoted(list({ev.row: ev for _, _, found_ev in answered for ev in found_ev}.values()))
         text, abstained = render(snapshot, evidence), False
     cited = citations(snapshot, evidence)
     check_citations(snapshot, text, cited)

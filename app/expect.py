@@ -83,9 +83,12 @@ _ORG_NOUNS = (
     "government|courts?|services?"
 )
 # "How did Ofsted rate it?", "what overall rating": a verdict is answered by a sentence that gives one.
+# Only the verb counts ("how did they rate it", "how was it rated"): the noun "rate" ("how has the crime rate
+# changed") asks for a figure, not a verdict.
 _RATING_Q = re.compile(
-    r"\bhow (?:did|do|does|was|were|is|are|has|have|had) (?:[\w'’-]+ ){0,3}?(?:rated?|graded?|scored?|ranked|rank|judged?)\b"
-    r"|\b(?:what|which) (?:[\w'’-]+ )?(?:rating|grade|score|ranking|verdict|judge?ment)s?\b",
+    r"\bhow (?:did|do|does) (?:[\w'’-]+ ){1,4}?(?:rate|grade|rank|judge)\b(?! of\b)"
+    r"|\bhow (?:was|were|is|are|has|have|had)(?: been)? (?:[\w'’-]+ ){0,4}?(?:rated|graded|ranked|judged)\b"
+    r"|\b(?:what|which) (?:[\w'’-]+ )?(?:rating|verdict|judge?ment)s?\b",
     re.I,
 )
 _RATING = re.compile(
@@ -93,21 +96,23 @@ _RATING = re.compile(
 )
 # "Which two inspectors", "in which months": the answer names that many distinct values, not one.
 _COUNTS = {"two": 2, "three": 3, "four": 4, "five": 5, "2": 2, "3": 3, "4": 4, "5": 5}
-_COUNT_Q = re.compile(r"\b(?:which|what)\s+(two|three|four|five|[2-5])\b", re.I)
+_COUNT_Q = re.compile(r"\b(?:which|what)\s+(two|three|four|five|[2-5])\b(?!-)", re.I)
 _PLURAL_GRANULE_Q = re.compile(r"\b(?:which|what)\s+(?:months|years|days)\b", re.I)
-# Money asked for by name ("what extra money", "how much funding"): only an amount of money answers it.
-_MONEY_Q = re.compile(
-    r"\b(?:what|which|how much)\s+(?:[\w'’-]+\s+){0,2}?(?:money|funding|funds|cash|investment|grants?)\b",
-    re.I,
-)
 _MONEY = re.compile(
-    r"[£$€¥₹]\s?\d|\d[\d,.]*\s*(?:(?:million|billion|thousand|m|bn)\s+)?(?:pounds?|dollars?|euros?|lira|lire|"
+    r"[£$€¥₹]\s?\d|(?<![\d,.])\d[\d,.]*\s*(?:(?:million|billion|thousand|m|bn)\s+)?(?:pounds?|dollars?|euros?|lira|lire|"
     r"francs?|marks?|yen|yuan|rupees?|pesos?|roubles?|rubles?|kron(?:a|or|er)|shillings?|guineas?|pence|cents?)\b",
     re.I,
 )
 # Up to two modifiers may stand between "which" and the noun ("which two inspectors"), never a verb.
 _AUX = r"(?:did|does|do|is|was|were|are|has|have|had|will|would|can|could|should|may|might|must)\b"
 _GENERIC_ORG = r"bod(?:y|ies)|organi[sz]ations?|groups?|institutions?"
+# Money asked for by name, as the question's head ("what extra money has ...", "how much funding did ..."):
+# only an amount of money answers it.
+_MONEY_Q = re.compile(
+    rf"\b(?:what|which|how much)\s+(?:(?:extra|additional|new|more|further|total)\s+)?"
+    rf"(?:money|funding|funds|cash)\s+{_AUX}",
+    re.I,
+)
 _WHICH = rf"\b(?:which|what)\s+(?:(?!{_AUX})[\w'’-]+\s+){{0,2}}"
 _PERSON_Q = re.compile(rf"{_WHICH}(?:{_PERSON_NOUNS})\b", re.I)
 _ORG_Q = re.compile(rf"{_WHICH}(?P<head>{_ORG_NOUNS})\b", re.I)
@@ -171,21 +176,24 @@ def expected(question: str) -> str | None:
 
 # Words of the question's form rather than its content: they name the kind of answer ("which day of the
 # week", "what body", "which two"), so the answering sentence has no reason to repeat them.
-_FORM_WORDS = (
+# A count word is always form; a noun is form only as the head of the wh-phrase, followed by "of", a verb or
+# the end ("what share of", "what body did"), not when it modifies another noun ("what share price").
+_FORM_NOUNS = (
     "day|days|week|weeks|month|months|year|years|date|dates|decade|century|time|percentage|proportion|share|"
-    "number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name|two|three|four|five"
+    "number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name"
 )
 _FORM_Q = re.compile(
-    rf"\b(?:which|what|how many|how much)\s+((?:(?:{_FORM_WORDS})\s+(?:of\s+the\s+)?)+)|\bday of the week\b",
+    rf"\b(?:which|what|how many|how much)\s+(?:(?P<count>two|three|four|five)\b"
+    rf"|(?P<noun>{_FORM_NOUNS})(?=\s+(?:of\b|{_AUX})|\s*[?,.;]|\s*$))",
     re.I,
 )
 
 
 def form_words(question: str) -> list[str]:
     """The words of the question that only name the kind of answer it wants."""
-    found: list[str] = []
-    for m in _FORM_Q.finditer(question):
-        found += [w for w in m.group().lower().split() if re.fullmatch(_FORM_WORDS, w)]
+    found = [(m.group("count") or m.group("noun")).lower() for m in _FORM_Q.finditer(question)]
+    if _WEEKDAY_Q.search(question):
+        found += [w for w in ("day", "week") if w not in found]
     return found
 
 
@@ -221,8 +229,11 @@ def offers(
                 re.findall(rf"\b(?:{_ORG_NOUNS})\b", sentence, re.I) if generic else [head.group("head")]
             ):
                 found += _headed_phrases(sentence, noun)
-    new = {f.lower() for f in found if not _said(f, asked)}
-    return len(new) >= _count(asked)
+    new = [f for f in found if not _said(f, asked)]
+    if kind == PERSON:
+        # "Jane Smith" and "Ms Smith" are one person: people are told apart by surname.
+        return len({f.split()[-1].lower().strip(".'’") for f in new}) >= _count(asked)
+    return len({f.lower() for f in new}) >= _count(asked)
 
 
 def _count(asked: str) -> int:
@@ -256,12 +267,19 @@ def counted_nouns(question: str) -> list[str]:
 def counts(sentence: str, nouns: list[str]) -> bool:
     """Whether a figure of the sentence counts one of the nouns: it stands at most three words before it."""
     text = _DATE_FIGURES.sub(" ", sentence)
-    roots = [n[: max(4, len(n) - 3)] for n in nouns]
     for m in _NUMBER.finditer(text):
         after = re.findall(r"[\w'’-]+", text[m.end() : m.end() + 60].lower())[:3]
-        if any(w.startswith(root) for w in after for root in roots):
+        if any(_same_word(w, n) for w in after for n in nouns):
             return True
     return False
+
+
+def _same_word(word: str, noun: str) -> bool:
+    """A form of the noun: its root (all but the last three letters, at least four) or, for a short noun,
+    the noun itself or its plural ("visits" for "visit"; "men", but not "mentioned")."""
+    if len(noun) > 4:
+        return word.startswith(noun[: max(4, len(noun) - 3)])
+    return word in {noun, noun + "s", noun + "es"} or noun in {word + "s", word + "es"}
 
 
 def _unit(asked: str) -> re.Pattern[str] | None:

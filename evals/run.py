@@ -349,6 +349,12 @@ def main(args: argparse.Namespace) -> int:
     tolerance = metrics.DEFAULT_TOLERANCE
     if not update or baseline_path.exists():
         previous, tolerance = load_baseline(baseline_path)
+    if getattr(args, "squad", False):
+        # Checked before the question set runs, so a bad combination costs nothing.
+        if args.url:
+            raise BadInput("--squad runs this checkout's code in-process; it cannot measure a server (--url)")
+        if not squad.SPLIT.is_file():
+            raise BadInput(f"the SQuAD split is not at {squad.SPLIT}")
     settings = get_settings()
     corpus = Path(args.corpus or settings.corpus)
     tty = sys.stderr.isatty()

@@ -19,7 +19,7 @@ import numpy as np
 
 from app.answer import ask, candidates, passages
 from app.embed import get_embedder
-from app.errors import BadInput, CiteqaError
+from app.errors import BadInput
 from app.index import Store
 from app.retrieve import retrieve
 from app.schemas import Answer
@@ -73,7 +73,7 @@ def run(
         t = time.perf_counter()
         try:
             result = ask(snapshot, embedder, question, settings)
-        except CiteqaError:  # counted and gated like a question-set error, never fatal to the run
+        except Exception:  # counted and gated like a question-set error, never fatal to the run
             errors += 1
             return None
         latencies.append((time.perf_counter() - t) * 1000)
@@ -83,9 +83,12 @@ def run(
         return result
 
     for item in answerable:
-        docs = list(
-            dict.fromkeys(p.doc_id for p in passages(snapshot, embedder, item["question"], settings, 20))
-        )
+        try:
+            found = passages(snapshot, embedder, item["question"], settings, 20)
+        except Exception:  # a retrieval miss and an error, as in the question set
+            errors += 1
+            found = []
+        docs = list(dict.fromkeys(p.doc_id for p in found))
         ranks.append(docs.index(item["doc_id"]) + 1 if item["doc_id"] in docs else None)
         result = answer(item["question"])
         golds = [_norm(a) for a in item["answers"]]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.answer import ABSTAIN_TEXT, ask, candidates, check_citations, citations, passages
+from app.answer import ABSTAIN_TEXT, _unquoted, ask, candidates, check_citations, citations, passages
 from app.errors import BadInput, CitationInvalid
 from app.expect import (
     DATE,
@@ -23,7 +23,7 @@ from app.expect import (
 )
 from app.followup import standalone
 from app.index import Store
-from app.retrieve import CHUNK_COVERAGE_WEIGHT, retrieve
+from app.retrieve import CHUNK_COVERAGE_WEIGHT, Evidence, retrieve
 from app.schemas import Message
 from app.settings import Settings
 from ingest.build import ingest
@@ -213,6 +213,17 @@ def test_answer_kinds():
     assert form_words("On which day of the week was it published?") == ["day", "week"]
     assert form_words("What body did the council set up?") == ["body"]
     assert form_words("What did the council set up?") == []
+    assert form_words("What share price was quoted?") == []  # "share" modifies "price" here
+    assert form_words("What share of contacts met the threshold?") == ["share"]
+    # The noun "rate" asks for a figure, not a verdict; money is asked for as the question's head.
+    assert expected("How has the crime rate changed since 2010?") is None
+    assert expected("How was the council rated?") == RATING
+    assert expected("Which grants did the charity apply for?") is None
+    assert expected("How much funding did the school get?") == NUMBER
+    # Two people, not one named twice; "two-thirds" is not a count of answers.
+    assert not offers(PERSON, "Jane Smith spoke; Ms Smith later left.", q)
+    assert expected("Which two-thirds majority passed it?") != PERSON
+    assert counts("Some 3 men were there.", ["men"]) and not counts("It was mentioned 3 times.", ["men"])
     assert counted_nouns("How many focused visits do councils get?") == ["focused", "visits"]
     assert counted_nouns("When did it happen?") == []
     assert counts('Councils get at least one "focused" visit.', ["focused", "visits"])
@@ -222,14 +233,18 @@ def test_answer_kinds():
     assert sub_questions("What did the council say?") == ["What did the council say?"]
 
 
+# The first paragraph is hard-wrapped: a single line break inside a paragraph does not end it.
 QUOTED = """Council reacts to the report
 
-The council leader spoke after the meeting. Council leader Ann Hale said: “The report makes hard reading. \
+The council leader spoke after the meeting. Council leader Ann Hale said: “The report makes hard reading.
 Budget cuts of £9m have made the work of the social care teams much harder.” The meeting ended at noon.
 
 Deputy leader Tom Reed said: “We will publish a plan. It will be ready by the spring.
 
 Nobody closed this quotation.
+
+Treasurer Sam Oyelaran said: “The audit starts in May. It covers every team. It takes a year. \
+It reports to the cabinet. It costs £2m.”
 """
 
 
@@ -248,6 +263,18 @@ def test_a_quotation_is_cited_whole(tmp_path, embedder):
     answer = ask(snapshot, embedder, "What did deputy leader Tom Reed say he would publish?", settings)
     assert answer.citations[0].quote == "Deputy leader Tom Reed said: “We will publish a plan."
     _invariants(snapshot, answer)
+    # Nor is one that closes more than QUOTE_SENTENCES sentences on.
+    answer = ask(snapshot, embedder, "When did treasurer Sam Oyelaran say the audit starts?", settings)
+    assert answer.citations[0].quote == "Treasurer Sam Oyelaran said: “The audit starts in May."
+    _invariants(snapshot, answer)
+
+
+def test_a_sentence_a_whole_quotation_took_in_is_not_cited_again():
+    whole = Evidence(row=3, doc=0, start=10, end=90, score=0.5, chunk=0)
+    inside = Evidence(row=4, doc=0, start=50, end=90, score=0.6, chunk=0)
+    elsewhere = Evidence(row=4, doc=1, start=50, end=90, score=0.4, chunk=1)
+    twin = Evidence(row=3, doc=0, start=10, end=90, score=0.3, chunk=0)
+    assert _unquoted([inside, whole, elsewhere, twin]) == [whole, elsewhere]
 
 
 def _cli_ask(home, *args, check=True):

@@ -273,6 +273,12 @@ def test_an_unreachable_server_is_a_clear_usage_error(
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
+def test_squad_cannot_be_asked_of_a_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["eval", "--squad", "--url", "http://127.0.0.1:9", "--report", str(tmp_path)]
+    assert cli([*args, "--baseline", str(BASELINE)]) == 2
+    assert "--squad runs this checkout's code in-process" in capsys.readouterr().err
+
+
 def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(squad, "SPLIT", tmp_path / "missing.json")
     with pytest.raises(BadInput, match="the SQuAD split is not at .*missing.json"):
@@ -319,8 +325,9 @@ def test_gate_fails_when_the_ofsted_letter_is_missing(
     args = ["eval", "--corpus", str(corpus_copy), "--questions", str(tiny), "--report", str(reports)]
     assert cli([*args, "--baseline", str(new_baseline), "--update-baseline"]) == 0
     assert "baseline rewritten" in capsys.readouterr().out
-    written = json.loads(new_baseline.read_text())
-    assert written["questions"] == 3 and written["tolerance"] == json.loads(BASELINE.read_text())["tolerance"]
+    written, committed = json.loads(new_baseline.read_text()), json.loads(BASELINE.read_text())
+    assert written["questions"] == 3 and written["tolerance"] == committed["tolerance"]
+    assert written["squad"] == committed["squad"]  # a run without --squad keeps the SQuAD figures
     assert len((reports / "history.jsonl").read_text().splitlines()) == 2
 
 
