@@ -89,14 +89,19 @@ def _squad_markdown(data: Mapping[str, Any]) -> list[str]:
         f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable questions of the shared "
         "SQuAD 2.0 split, each paragraph a document (`python -m evals.squad`).",
         "",
-        "| metric | value | baseline | gate |",
-        "| --- | ---: | ---: | --- |",
-    ]
-    out += [
-        f"| {k} | {fmt(figures.get(k), k)} | {fmt(base.get(k), k)} | {_status(k, checks)} |"
-        for k in SQUAD_HEADLINE
+        *_md_table(figures, base, checks, SQUAD_HEADLINE),
     ]
     return out
+
+
+def _md_table(
+    figures: Mapping[str, Any], base: Mapping[str, Any], checks: Sequence[Check], keys: Sequence[str]
+) -> list[str]:
+    """Metrics against the baseline, with the gate, as a Markdown table."""
+    rows = [
+        f"| {k} | {fmt(figures.get(k), k)} | {fmt(base.get(k), k)} | {_status(k, checks)} |" for k in keys
+    ]
+    return ["| metric | value | baseline | gate |", "| --- | ---: | ---: | --- |", *rows]
 
 
 def table(
@@ -140,10 +145,8 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{run['at']} · {run['mode']} · {run['target']} · {m['passed']}/{m['questions']} passed"
         f" · {run['seconds']} s",
         "",
-        "| metric | value | baseline | gate |",
-        "| --- | ---: | ---: | --- |",
+        *_md_table(m, base, checks, HEADLINE),
     ]
-    out += [f"| {k} | {fmt(m.get(k), k)} | {fmt(base.get(k), k)} | {_status(k, checks)} |" for k in HEADLINE]
     out += _squad_markdown(data)
     failed = _failed(data)
     if failed:

@@ -349,12 +349,12 @@ def main(args: argparse.Namespace) -> int:
     tolerance = metrics.DEFAULT_TOLERANCE
     if not update or baseline_path.exists():
         previous, tolerance = load_baseline(baseline_path)
-    if getattr(args, "squad", False):
+    want_squad = bool(getattr(args, "squad", False))
+    if want_squad:
         # Checked before the question set runs, so a bad combination costs nothing.
         if args.url:
             raise BadInput("--squad runs this checkout's code in-process; it cannot measure a server (--url)")
-        if not squad.SPLIT.is_file():
-            raise BadInput(f"the SQuAD split is not at {squad.SPLIT}")
+        squad.require_split()
     settings = get_settings()
     corpus = Path(args.corpus or settings.corpus)
     tty = sys.stderr.isatty()
@@ -376,7 +376,7 @@ def main(args: argparse.Namespace) -> int:
     squad_figures: dict[str, Any] | None = None
     squad_checks: list[metrics.Check] = []
     squad_base = (previous or {}).get("squad") or {}
-    if getattr(args, "squad", False):
+    if want_squad:
         print("running the SQuAD benchmark in-process ...", file=sys.stderr)
         squad_figures = squad.benchmark()
         squad_checks = metrics.gate(

@@ -12,6 +12,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,27 +125,33 @@ def benchmark(home: Path | None = None) -> dict[str, Any]:
 
     Without `home` the index lives in a temporary folder that is deleted afterwards.
     """
-    with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
-        settings, answerable, unanswerable = prepare(home or Path(tmp))
-        answerable, unanswerable = samples(answerable, unanswerable)
+    with indexed(home) as (settings, answerable, unanswerable):
         return run(settings, answerable[:SAMPLE], unanswerable[:SAMPLE])
 
 
-def samples(
-    answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Both lists in the fixed shuffled order: the first SAMPLE evaluate, the next SAMPLE calibrate and fit."""
-    answerable, unanswerable = list(answerable), list(unanswerable)
-    rng = random.Random(SEED)
-    rng.shuffle(answerable)
-    rng.shuffle(unanswerable)
-    return answerable, unanswerable
+@contextmanager
+def indexed(
+    home: Path | None,
+) -> Iterator[tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The split indexed in `home` (or a temporary folder deleted afterwards), with both question lists in
+    the fixed shuffled order: the first SAMPLE evaluate, the next SAMPLE calibrate and fit."""
+    with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
+        settings, answerable, unanswerable = prepare(home or Path(tmp))
+        rng = random.Random(SEED)
+        rng.shuffle(answerable)
+        rng.shuffle(unanswerable)
+        yield settings, answerable, unanswerable
+
+
+def require_split() -> None:
+    """A clear error when the shared SQuAD split is not where the benchmark reads it."""
+    if not SPLIT.is_file():
+        raise BadInput(f"the SQuAD split is not at {SPLIT}")
 
 
 def prepare(home: Path) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the corpus and index it (reusing `home` when it already holds the index)."""
-    if not SPLIT.is_file():
-        raise BadInput(f"the SQuAD split is not at {SPLIT}")
+    require_split()
     corpus = home / "corpus"
     answerable, unanswerable = write_corpus(SPLIT, corpus)
     settings = Settings(home=home / "index", corpus=corpus)
@@ -200,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
         print(f"written to {args.out}")
         return 0
-    with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
-        settings, answerable, unanswerable = prepare(args.home or Path(tmp))
-        answerable, unanswerable = samples(answerable, unanswerable)
+    with indexed(args.home) as (settings, answerable, unanswerable):
         if args.fit:
             print(json.dumps(fit_scorer(settings, answerable[SAMPLE : 2 * SAMPLE])))
         else:
