@@ -29,7 +29,7 @@ from app.settings import Settings
 from evals import metrics
 from ingest.build import ingest
 
-SPLIT = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "squad-dev-split.json"
+SPLIT = Path(__file__).resolve().parent / "data" / "squad-dev-split.json"
 SEED = 20181
 SAMPLE = 400
 

@@ -189,7 +189,7 @@ def test_bad_file_keeps_previous_version(tmp_path: Path, corpus_copy: Path, embe
 
 
 def _squad_corpus(folder: Path, n: int) -> None:
-    data = json.loads((ROOT.parent / "shared" / "bench" / "squad-dev-split.json").read_text())["data"]
+    data = json.loads((ROOT / "evals" / "data" / "squad-dev-split.json").read_text())["data"]
     paragraphs = [p["context"] for a in data for p in a["paragraphs"]][:n]
     folder.mkdir()
     for i, text in enumerate(paragraphs):

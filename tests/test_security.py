@@ -222,7 +222,7 @@ def test_cli_non_utf8_argv_is_a_clear_error(seed_settings: Settings) -> None:
 
 
 def _squad_paragraphs(folder: Path, n: int) -> None:
-    data = json.loads((ROOT.parent / "shared" / "bench" / "squad-dev-split.json").read_text())["data"]
+    data = json.loads((ROOT / "evals" / "data" / "squad-dev-split.json").read_text())["data"]
     for i, text in enumerate([p["context"] for a in data for p in a["paragraphs"]][:n]):
         (folder / f"squad-{i:03d}.txt").write_text(text)
 
