@@ -1,4 +1,4 @@
-"""The HTTP API (/health, /ask, /retrieve, /documents, /ingest) with the Gradio UI mounted at /ui."""
+"""The HTTP API (/health, /ask, /retrieve, /documents, /briefing, /ingest) with the Gradio UI mounted at /ui."""
 
 import hmac
 from collections.abc import AsyncIterator
@@ -16,18 +16,23 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.answer import ask, passages, validate_question
+from app.brief import assemble
 from app.embed import Embedder, get_embedder
 from app.errors import BadInput, CiteqaError, IndexDamaged, IndexMissing, NotFound
+from app.export import MEDIA_TYPES, export, filename
 from app.index import Document, Live, Snapshot
 from app.schemas import (
     Answer,
     AskRequest,
+    Briefing,
+    BriefingRequest,
     DocumentDetail,
     DocumentInfo,
     Health,
     IngestSummary,
     RetrieveRequest,
     RetrieveResponse,
+    briefing_request_model,
 )
 from app.settings import Settings, get_settings
 
@@ -68,6 +73,46 @@ _ASK_EXAMPLES = {
         },
     },
 }
+_BRIEFING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The briefing: Markdown with `[^n]` footnotes, a Word file with footnotes, or JSON.",
+        "model": Briefing,
+        "content": {
+            MEDIA_TYPES["md"].split(";")[0]: {"schema": {"type": "string"}},
+            MEDIA_TYPES["docx"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "headers": {
+            **_STAMPED["headers"],
+            "Content-Disposition": {
+                "description": "`attachment` with a file name made from the title (Markdown and Word).",
+                "schema": {"type": "string"},
+            },
+        },
+    },
+    400: _ERRORS[400],
+    413: {"description": "The body is larger than the briefing limit (`CITEQA_MAX_BRIEFING_BODY_BYTES`)."},
+    422: {
+        "description": (
+            "The request is malformed or outside the limits, or an item's answer no longer matches the index "
+            "(unknown document, offsets out of range, a quote or statement that differs from the text); "
+            "`detail` names the item."
+        )
+    },
+    503: _ERRORS[503],
+}
+_BRIEFING_EXAMPLES = {
+    "questions": {
+        "summary": "Questions, answered now",
+        "value": {
+            "title": "Wakefield children's services",
+            "format": "md",
+            "items": [
+                {"question": "When did the focused visit take place?"},
+                {"question": "What is the capital of France?"},
+            ],
+        },
+    },
+}
 _RETRIEVE_EXAMPLES = {
     "passages": {"summary": "Search", "value": {"question": "social workers caseloads", "top_k": 3}}
 }
@@ -83,8 +128,11 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """Reject bodies over `limit` bytes with 413: by Content-Length, then by what streams in."""
 
-    def __init__(self, app: ASGIApp, limit: int, exempt: str = UI_PATH) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, exempt: str = UI_PATH, routes: dict[str, int] | None = None
+    ) -> None:
         self.app, self.limit, self.exempt = app, limit, exempt
+        self.routes = routes or {}  # paths with a limit of their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -92,13 +140,14 @@ class BodyLimit:
         if scope["type"] != "http" or path == self.exempt or path.startswith(self.exempt + "/"):
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get(path, self.limit)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 await JSONResponse({"detail": "Content-Length is not a number"}, 400)(scope, receive, send)
                 return
-            if int(declared) > self.limit:
-                await JSONResponse({"detail": BodyTooLarge(self.limit).detail}, 413)(scope, receive, send)
+            if int(declared) > limit:
+                await JSONResponse({"detail": BodyTooLarge(limit).detail}, 413)(scope, receive, send)
                 return
         seen = 0
         started = False
@@ -108,8 +157,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if seen > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def watched(message: Any) -> None:
@@ -197,6 +246,7 @@ def _info(doc: Document) -> dict[str, Any]:
 
 def _routes(app: FastAPI) -> None:
     """Register the API endpoints."""
+    limits: Settings = app.state.settings
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -266,6 +316,27 @@ def _routes(app: FastAPI) -> None:
         return DocumentDetail(
             **_info(doc), text=doc.text, removed_count=doc.removed_count, removed_sample=doc.removed_sample
         )
+
+    # The schema states this server's limits (item count, title and question length), not fixed ones.
+    briefing_body = briefing_request_model(
+        limits.max_briefing_items, limits.max_briefing_title_chars, limits.max_question_chars
+    )
+
+    @app.post("/briefing", tags=["briefings"], response_class=Response, responses=_BRIEFING_RESPONSES)
+    def briefing_route(
+        body: Annotated[briefing_body, Body(openapi_examples=_BRIEFING_EXAMPLES)],  # type: ignore[valid-type]
+        settings: SettingsDep,
+        live: LiveDep,
+        embedder: EmbedderDep,
+    ) -> Response:
+        """A briefing of cited answers: items without an answer are answered now, every quote is re-checked."""
+        request: BriefingRequest = body
+        snapshot = live.get()
+        made = assemble(snapshot, embedder, settings, request.title, request.items)
+        headers = {GENERATION_HEADER: snapshot.generation.name}
+        if request.format != "json":
+            headers["Content-Disposition"] = f'attachment; filename="{filename(made.title, request.format)}"'
+        return Response(export(made, request.format), media_type=MEDIA_TYPES[request.format], headers=headers)
 
     @app.post(
         "/ingest",
@@ -354,7 +425,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        routes={"/briefing": max(settings.max_body_bytes, settings.max_briefing_body_bytes)},
+    )
     app.add_middleware(NoUploads)
     if settings.cors_origins:
         app.add_middleware(
@@ -368,6 +443,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     import gradio as gr
 
+    from app.brief_ui import CSS as BRIEF_CSS
     from app.ui import CSS, HEAD, build_ui
 
     # The UI has no upload fields; the cap stops Gradio's upload route from filling the disk.
@@ -376,7 +452,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         build_ui(settings),
         path=UI_PATH,
         footer_links=[],
-        css=CSS,
+        css=CSS + BRIEF_CSS,
         head=HEAD,
         show_error=True,
         max_file_size=settings.max_body_bytes,

@@ -1,4 +1,4 @@
-"""The `citeqa` command: ingest, ask, serve, eval."""
+"""The `citeqa` command: ingest, ask, brief, serve, eval."""
 
 import argparse
 import os
@@ -80,6 +80,80 @@ def _answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_questions(path: Path) -> tuple[list[str], str]:
+    """Questions from a file, one a line (`#` comments), or YAML: a list of questions or of {question: ...},
+    or {title, questions}; with the title the file gives, if any."""
+    import yaml
+
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read questions file {path} ({exc.__class__.__name__})") from None
+    title = ""
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise BadInput(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if isinstance(data, dict):
+            title = str(data.get("title") or "")
+            data = data.get("questions")
+        if not isinstance(data, list):
+            raise BadInput(f"{path} must hold a list of questions, or a mapping with `questions:`")
+        questions = []
+        for i, entry in enumerate(data):
+            text = entry.get("question") if isinstance(entry, dict) else entry
+            if not isinstance(text, str):
+                raise BadInput(
+                    f"{path}: entry {i + 1} is not a question (a string, or a mapping with `question:`)"
+                )
+            questions.append(text)
+    else:
+        questions = [
+            line.strip() for line in raw.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
+    if not questions:
+        raise BadInput(f"{path} holds no questions")
+    return questions, title
+
+
+def cmd_brief(args: argparse.Namespace) -> int:
+    """Answer a file of questions and write the briefing: Markdown, Word or JSON."""
+    from app.brief import assemble
+    from app.embed import get_embedder
+    from app.export import export
+    from app.index import Store
+    from app.schemas import BriefingFormat, BriefingItem
+
+    path = Path(args.questions_file)
+    questions, file_title = read_questions(path)
+    out = Path(args.output) if args.output else None
+    by_suffix: dict[str, BriefingFormat] = {".docx": "docx", ".json": "json"}
+    fmt: BriefingFormat = args.format or by_suffix.get(out.suffix.lower() if out else "", "md")
+    if fmt == "docx" and out is None and sys.stdout.isatty():
+        raise BadInput("a Word file is binary; write it with -o FILE (or redirect stdout)")
+    settings = get_settings()
+    snapshot = Store(settings).open()
+    items = [BriefingItem(question=q) for q in questions]
+    title = args.title or file_title or path.stem.replace("-", " ").replace("_", " ").strip() or "Briefing"
+    made = assemble(snapshot, get_embedder(settings.model_cache), settings, title, items, _progress_bar())
+    content = export(made, fmt)
+    if out is None:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return 0
+    try:
+        out.write_bytes(content)
+    except OSError as exc:
+        raise BadInput(f"cannot write {out} ({exc.__class__.__name__}: {exc.strerror})") from None
+    print(
+        f"wrote {out}: {len(made.sections)} answered, {len(made.not_answered)} not answered by the sources, "
+        f"{len(made.notes)} notes",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API and the UI."""
     import uvicorn
@@ -109,6 +183,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the /ask response body")
     p.add_argument("--top-k", type=int, default=None)
     p.set_defaults(func=cmd_ask)
+    p = sub.add_parser("brief", help="answer a file of questions and write a briefing with footnotes")
+    p.add_argument("questions_file", help="one question a line, or YAML (a list, or {title, questions})")
+    p.add_argument("--title", default=None, help="the briefing's title (default: the file's, or its name)")
+    p.add_argument(
+        "--format", choices=["md", "docx", "json"], default=None, help="default: from -o's suffix, else md"
+    )
+    p.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+    p.set_defaults(func=cmd_brief)
     p = sub.add_parser("serve", help="serve the API at / and the UI at /ui")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

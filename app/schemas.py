@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, create_model
 
 
 class Message(BaseModel):
@@ -116,3 +116,86 @@ class IngestSummary(BaseModel):
     unchanged: int = 0
     chunks_embedded: int = 0
     skipped: list[Skipped] = Field(default_factory=list)
+
+
+BriefingFormat = Literal["md", "docx", "json"]
+
+
+class BriefingItem(BaseModel):
+    """One question of a briefing, with the /ask answer the client holds, or none to have it answered now."""
+
+    question: str = Field(examples=["When did the focused visit take place?"])
+    answer: Answer | None = None
+
+
+class BriefingRequest(BaseModel):
+    """Body of POST /briefing: the client holds the list, the server checks and renders it."""
+
+    title: str = Field(examples=["Children's services in Wakefield"])
+    format: BriefingFormat = "md"
+    items: list[BriefingItem]
+
+
+def briefing_request_model(
+    max_items: int, max_title_chars: int, max_question_chars: int
+) -> type[BriefingRequest]:
+    """BriefingRequest with the server's limits in its schema, so OpenAPI states what the route accepts."""
+    # "\S": a title or question of only spaces is empty; JSON Schema patterns search, as pydantic's do.
+    item = create_model(
+        "BriefingItem",
+        __base__=BriefingItem,
+        question=(str, Field(min_length=1, max_length=max_question_chars, pattern=r"\S")),
+    )
+    return create_model(
+        "BriefingRequest",
+        __base__=BriefingRequest,
+        title=(str, Field(min_length=1, max_length=max_title_chars, pattern=r"\S")),
+        items=(list[item], Field(min_length=1, max_length=max_items)),
+    )
+
+
+class Note(BaseModel):
+    """A numbered note: one distinct quoted span, and what its document states about itself."""
+
+    n: int
+    doc_id: str
+    title: str
+    publisher: str
+    published: str
+    url: str
+    quote: str
+    start: int
+    end: int
+
+
+class Statement(BaseModel):
+    """One statement of an answer: the verbatim quote it is, and the notes that cite it."""
+
+    text: str
+    notes: list[int]
+
+
+class BriefingSection(BaseModel):
+    """An answered question of a briefing; `item` is its position in the request."""
+
+    item: int
+    question: str
+    statements: list[Statement]
+
+
+class Unanswered(BaseModel):
+    """A question the sources do not answer; `item` is its position in the request."""
+
+    item: int
+    question: str
+
+
+class Briefing(BaseModel):
+    """A briefing: answered questions, questions the sources do not answer, and the numbered notes."""
+
+    title: str
+    created: str
+    generation: str
+    sections: list[BriefingSection]
+    not_answered: list[Unanswered]
+    notes: list[Note]

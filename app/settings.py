@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_history_turns: int = 20
     max_body_bytes: int = 64 * 1024
     max_file_bytes: int = 20 * 1024 * 1024
+    # A briefing carries whole answers (a few KiB each with their quotes), so its route has its own body limit.
+    max_briefing_items: int = 50
+    max_briefing_title_chars: int = 200
+    max_briefing_body_bytes: int = 1024 * 1024
 
     # Retrieval.
     candidates: int = 40

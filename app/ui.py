@@ -2,13 +2,13 @@
 
 import html
 import re
-from datetime import date
 from typing import Any
 from urllib.parse import quote
 
 import gradio as gr
 import httpx
 
+from app.export import nice_date
 from app.settings import Settings
 
 EXAMPLE_COUNT = 4
@@ -46,10 +46,18 @@ CSS = """
 .cq-docs .cq-title { font-weight: 500; }
 """
 
-# Clicking an [n] marker scrolls to its citation card and flashes it, instead of changing the page URL.
+# Clicking an [n] marker scrolls to its citation card and flashes it, instead of changing the page URL;
+# clicking "Add to briefing" under an answer presses that answer's button in the briefing panel.
 HEAD = """
 <script>
 document.addEventListener("click", (event) => {
+  const add = event.target.closest && event.target.closest("a.cq-add");
+  if (add) {
+    event.preventDefault();
+    const button = document.getElementById((add.getAttribute("href") || "").slice(1));
+    if (button) button.click();
+    return;
+  }
   const marker = event.target.closest && event.target.closest("a.cq-marker");
   if (!marker) return;
   event.preventDefault();
@@ -77,15 +85,6 @@ scroll();
 def as_text(value: object) -> str:
     """Text made safe where markdown and HTML are rendered: escaped, markdown syntax as entities, one line."""
     return "".join(f"&#{ord(ch)};" if ch in _ENTITY_CHARS else ch for ch in " ".join(str(value).split()))
-
-
-def nice_date(value: str) -> str:
-    """An ISO date as "22 March 2018"; anything else unchanged."""
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        return value
-    return f"{day.day} {day:%B %Y}"
 
 
 def _link(url: str) -> str:
@@ -231,9 +230,9 @@ def _detail(response: httpx.Response) -> str:
 
 
 async def call_api(
-    settings: Settings, request: gr.Request | None, method: str, path: str, **kwargs: Any
+    settings: Settings, request: gr.Request | None, method: str, path: str, raw: bool = False, **kwargs: Any
 ) -> Any:
-    """One API call; a failure raises ApiError with the API's own message."""
+    """One API call's JSON (or, with `raw`, its bytes); a failure raises ApiError with the API's own message."""
     base = api_base(settings, request)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S) as client:
@@ -243,6 +242,8 @@ async def call_api(
     if response.status_code >= 400:
         title = "No index" if response.status_code == 503 else "Could not answer"
         raise ApiError(_detail(response), title)
+    if raw:
+        return response.content
     try:
         return response.json()
     except ValueError:
@@ -278,7 +279,7 @@ def build_ui(settings: Settings) -> gr.Blocks:
         display = [
             *state["display"],
             {"role": "user", "content": as_text(asked)},
-            {"role": "assistant", "content": answer_html(answer, turn)},
+            {"role": "assistant", "content": answer_html(answer, turn) + add_link(turn)},
         ]
         new_state = {
             "history": [
@@ -313,6 +314,8 @@ def build_ui(settings: Settings) -> gr.Blocks:
 
     def on_clear() -> tuple[Any, ...]:
         return [], _new_state(), "", gr.update(choices=[], value=None, visible=False), "", _NO_SOURCE
+
+    from app.brief_ui import add_link, briefing_panel
 
     examples = example_questions(settings)
     with gr.Blocks(title="citeqa", analytics_enabled=False) as ui:
@@ -367,6 +370,7 @@ def build_ui(settings: Settings) -> gr.Blocks:
                 source = gr.HTML(_NO_SOURCE, elem_id="cq-source", js_on_load=_SCROLL_JS)
                 with gr.Accordion("Documents in the index", open=False):
                     documents = gr.HTML('<div class="cq-empty">Loading…</div>', elem_id="cq-documents")
+                briefing_panel(settings, state)
 
         outputs = [chat, state, question, pick, citation, source]
         ask_button.click(on_ask, [question, state], outputs, concurrency_limit=None)

@@ -1,0 +1,150 @@
+"""The briefing panel of the UI: add answers, reorder or remove them, download Markdown or Word."""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app.export import filename
+from app.settings import Settings
+from app.ui import ApiError, as_text, call_api
+
+DEFAULT_TITLE = "Briefing"
+_EMPTY = '<div class="cq-empty">Add answers with “Add to briefing”; they are collected here.</div>'
+
+CSS = """
+.cq-add { font-size: 0.85em; font-weight: 600; text-decoration: none; display: inline-block; margin-top: 8px; }
+.cq-brief-row { align-items: center; gap: 4px !important; }
+.cq-brief-item { font-size: 0.92em; }
+.cq-brief-item .cq-meta { margin-left: 4px; }
+"""
+
+
+def add_link(turn: int) -> str:
+    """The "Add to briefing" action under an answer; a click presses that answer's button in the panel."""
+    return f'<div><a class="cq-add" href="#cq-add-{turn}">+ Add to briefing</a></div>'
+
+
+def item_html(position: int, item: dict[str, Any]) -> str:
+    """One briefing entry: its position, the question (escaped), and how many quotes it brings."""
+    answer = item["answer"]
+    if answer["abstained"]:
+        what = "not answered by the sources"
+    else:
+        count = len(answer["citations"])
+        what = f"{count} quote{'s' if count != 1 else ''}"
+    return (
+        f'<div class="cq-brief-item">{position}. {as_text(item["question"])}'
+        f'<span class="cq-meta">— {what}</span></div>'
+    )
+
+
+def status_html(items: list[dict[str, Any]], notes: int | None) -> str:
+    """What the downloads hold, or why there are none."""
+    if not items:
+        return _EMPTY
+    questions = f"{len(items)} question{'s' if len(items) != 1 else ''}"
+    if notes is None:
+        return f'<div class="cq-warn">{questions}; the briefing could not be made (see the message).</div>'
+    return f'<div class="cq-meta" id="cq-brief-ready">{questions}, {notes} note{"s" if notes != 1 else ""}: ready to download.</div>'
+
+
+def _moved(items: list[dict[str, Any]], k: int, step: int) -> list[dict[str, Any]]:
+    out = list(items)
+    j = k + step
+    if 0 <= k < len(out) and 0 <= j < len(out):
+        out[k], out[j] = out[j], out[k]
+    return out
+
+
+def briefing_panel(settings: Settings, chat: gr.State) -> None:
+    """The panel's components and events, placed in the current Blocks layout; the briefing lives in the session."""
+    brief = gr.State([])
+    gr.Markdown("### Briefing")
+    title = gr.Textbox(
+        DEFAULT_TITLE,
+        label="Title",
+        elem_id="cq-brief-title",
+        max_length=settings.max_briefing_title_chars,
+        max_lines=1,
+    )
+
+    @gr.render(inputs=[chat, brief])
+    def panel(state: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        asked = [m["content"] for m in state["history"] if m["role"] == "user"]
+        if state["answers"]:
+            gr.HTML('<div class="cq-cards-label">Answers in this conversation</div>')
+        for turn, (question, answer) in enumerate(zip(asked, state["answers"], strict=False), 1):
+            added = any(item["answer"] == answer for item in items)
+            with gr.Row(elem_classes="cq-brief-row"):
+                gr.HTML(f'<div class="cq-brief-item">{turn}. {as_text(question)}</div>')
+                add = gr.Button(
+                    "Added" if added else "Add to briefing",
+                    elem_id=f"cq-add-{turn}",
+                    size="sm",
+                    scale=0,
+                    min_width=130,
+                    interactive=not added,
+                )
+
+            def on_add(current: list[dict[str, Any]], q: str = question, a: Any = answer) -> Any:
+                if any(item["answer"] == a for item in current):
+                    return gr.skip()
+                return [*current, {"question": q, "answer": a}]
+
+            add.click(on_add, [brief], [brief], concurrency_limit=None)
+
+        gr.HTML('<div class="cq-cards-label">In the briefing</div>')
+        if not items:
+            gr.HTML(_EMPTY)
+        for k, item in enumerate(items):
+            with gr.Row(elem_classes="cq-brief-row"):
+                gr.HTML(item_html(k + 1, item))
+                up = gr.Button(
+                    "↑", elem_id=f"cq-brief-up-{k}", size="sm", scale=0, min_width=36, interactive=k > 0
+                )
+                down = gr.Button(
+                    "↓",
+                    elem_id=f"cq-brief-down-{k}",
+                    size="sm",
+                    scale=0,
+                    min_width=36,
+                    interactive=k < len(items) - 1,
+                )
+                remove = gr.Button("Remove", elem_id=f"cq-brief-remove-{k}", size="sm", scale=0, min_width=80)
+            up.click(lambda cur, k=k: _moved(cur, k, -1), [brief], [brief], concurrency_limit=None)
+            down.click(lambda cur, k=k: _moved(cur, k, 1), [brief], [brief], concurrency_limit=None)
+            remove.click(lambda cur, k=k: cur[:k] + cur[k + 1 :], [brief], [brief], concurrency_limit=None)
+
+    status = gr.HTML(_EMPTY, elem_id="cq-brief-status")
+    with gr.Row():
+        markdown = gr.DownloadButton("Download Markdown", elem_id="cq-brief-md", interactive=False, size="sm")
+        word = gr.DownloadButton("Download Word", elem_id="cq-brief-docx", interactive=False, size="sm")
+
+    async def on_change(items: list[dict[str, Any]], name: str, request: gr.Request) -> tuple[Any, ...]:
+        off = gr.update(value=None, interactive=False)
+        if not items:
+            return _EMPTY, off, off
+        body = {"title": " ".join((name or "").split()) or DEFAULT_TITLE, "items": items}
+        try:
+            made = await call_api(settings, request, "POST", "/briefing", json={**body, "format": "json"})
+            files = {}
+            folder = Path(tempfile.mkdtemp(prefix="citeqa-briefing-"))
+            for fmt in ("md", "docx"):
+                content = await call_api(
+                    settings, request, "POST", "/briefing", raw=True, json={**body, "format": fmt}
+                )
+                files[fmt] = folder / filename(body["title"], fmt)  # type: ignore[arg-type]
+                files[fmt].write_bytes(content)
+        except ApiError as exc:
+            exc.show()
+            return status_html(items, None), off, off
+        ready = status_html(items, len(made["notes"]))
+        on = {fmt: gr.update(value=str(path), interactive=True) for fmt, path in files.items()}
+        return ready, on["md"], on["docx"]
+
+    outputs = [status, markdown, word]
+    brief.change(on_change, [brief, title], outputs, concurrency_limit=None, trigger_mode="always_last")
+    title.blur(on_change, [brief, title], outputs, concurrency_limit=None, trigger_mode="always_last")
+    title.submit(on_change, [brief, title], outputs, concurrency_limit=None, trigger_mode="always_last")
