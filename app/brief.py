@@ -110,11 +110,13 @@ def verify(snapshot: Snapshot, index: int, question: str, answer: Answer) -> lis
     if answer.abstained:
         return []
     if not said:
-        raise BadInput(f"{name}: the answer cites nothing")
+        raise BadInput(f"{name}: the answer is empty")
     quotes = {c.n: c.quote for c in answer.citations}
     for k, (text, ns) in enumerate(said, 1):
+        if not ns:
+            raise BadInput(f"{name}: statement {k} has no citation marker, so nothing backs it")
         # Whitespace may be re-wrapped by a client; the words must be the quotes', in order.
-        if not ns or squash(text) != squash(" ".join(quotes[n] for n in ns)):
+        if squash(text) != squash(" ".join(quotes[n] for n in ns)):
             raise BadInput(f"{name}: statement {k} is not the verbatim quote of its citations {ns}")
     return said
 

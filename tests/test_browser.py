@@ -220,7 +220,30 @@ def test_markup_in_a_question_is_shown_as_text(page: Any) -> None:
     question = f"<img src=x onerror=window.__pwned=1> {XSS_QUESTION}"
     ask_ui(page, question, 1)
     assert question in page.locator('#cq-chat [data-testid="user"]').last.inner_text()
+    page.locator("#cq-chat a.cq-add").first.click()
+    page.wait_for_selector("#cq-brief-remove-0", timeout=30_000)
+    assert briefing_rows(page) == [squash(question)]
     assert_not_executed(page)
+
+
+@pytest.mark.slow
+def test_markup_in_a_quote_stays_text_in_a_markdown_briefing(site: str) -> None:
+    from markdown_it import MarkdownIt
+    from mdit_py_plugins.footnote import footnote_plugin
+
+    items = [{"question": XSS_QUESTION}, {"question": f"{SCRIPT} {XSS_QUESTION}"}]
+    response = httpx.post(f"{site}/briefing", json={"title": IMG, "items": items}, timeout=60)
+    assert response.status_code == 200, response.text
+    quoted = [
+        n["quote"]
+        for n in httpx.post(
+            f"{site}/briefing", json={"title": "t", "format": "json", "items": items}, timeout=60
+        ).json()["notes"]
+    ]
+    assert any("<script>" in q for q in quoted), quoted  # the document's markup is in a quote ...
+    rendered = MarkdownIt("commonmark").use(footnote_plugin).render(response.text)
+    assert "<script" not in rendered and "<img" not in rendered  # ... and stays text in the briefing
+    assert html.escape(SCRIPT) in rendered and html.escape(IMG) in rendered
 
 
 @pytest.mark.browser
@@ -286,3 +309,94 @@ def test_source_view_marks_exactly_the_quote_and_the_citation_line_is_briefing_r
     assert citation_line(citation, {**doc, "publisher": "", "url": ""}) == (
         "“The visit was in February.” — Letter, 22 March 2018"
     )
+
+
+# --- the briefing panel ------------------------------------------------------------------------------------
+
+AGENCY = "How many agency staff had senior managers recruited?"
+
+
+def briefing_rows(page: Any) -> list[str]:
+    """The questions listed under "In the briefing", in order."""
+    return [squash(t) for t in page.locator("#cq-briefing .cq-brief-entry .cq-brief-q").all_inner_texts()]
+
+
+def wait_ready(page: Any, questions: int, title: str = "Briefing") -> None:
+    """Wait until the downloads hold a briefing called `title` of `questions` questions."""
+    label = f"“{title}”: {questions} question{'s' if questions != 1 else ''},"
+    page.wait_for_function(
+        f"(document.querySelector('#cq-brief-ready') || {{}}).innerText?.startsWith({label!r})",
+        timeout=60_000,
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_briefing_collects_two_answers_and_downloads_word_footnotes(
+    page: Any, site: str, tmp_path: Path
+) -> None:
+    from test_brief import note_parts, word_notes
+
+    first, second = api_ask(site, SEED_QUESTION), api_ask(site, AGENCY)
+    assert first["citations"] and second["citations"] and not second["abstained"]
+    ask_ui(page, SEED_QUESTION, 1)
+    ask_ui(page, AGENCY, 2)
+    page.locator("#cq-chat a.cq-add").nth(0).click()
+    page.wait_for_selector("#cq-brief-remove-0", timeout=30_000)
+    wait_ready(page, 1)
+    page.locator("#cq-chat a.cq-add").nth(1).click()
+    page.wait_for_selector("#cq-brief-remove-1", timeout=30_000)
+    wait_ready(page, 2)
+    assert briefing_rows(page) == [SEED_QUESTION, AGENCY]
+    assert page.locator("#cq-add-1").is_disabled() and page.locator("#cq-add-2").is_disabled()
+
+    # Reorder, then check the order went into the file.
+    page.click("#cq-brief-up-1")
+    page.wait_for_function(
+        f"document.querySelector('#cq-briefing .cq-brief-q')?.innerText === {AGENCY!r}", timeout=30_000
+    )
+    wait_ready(page, 2)
+    page.fill("#cq-brief-title textarea, #cq-brief-title input", "Wakefield staffing")
+    wait_ready(page, 2, "Wakefield staffing")
+    ARTIFACTS.mkdir(exist_ok=True)
+    box = page.locator("#cq-briefing").bounding_box()
+    margin = 12  # the heading sits a little outside the column's box
+    page.screenshot(
+        path=str(ARTIFACTS / "briefing-panel.png"),
+        clip={
+            "x": box["x"] - margin,
+            "y": box["y"] - margin,
+            "width": box["width"] + 2 * margin,
+            "height": box["height"] + 2 * margin,
+        },
+    )
+
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#cq-brief-docx")
+    saved = tmp_path / "briefing.docx"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "wakefield-staffing.docx"
+    document, notes = word_notes(saved.read_bytes())
+    assert document.paragraphs[0].text == "Wakefield staffing"
+    headings = [p.text for p in document.paragraphs if p.style.name.startswith("Heading")]
+    assert headings == [AGENCY, SEED_QUESTION]
+    expected = {
+        (c["doc_id"], c["start"], c["end"], c["quote"]) for c in first["citations"] + second["citations"]
+    }
+    found = set()
+    for note in notes.values():
+        quote, doc_id, start, end = note_parts(note)
+        text = httpx.get(f"{site}/documents/{doc_id}", timeout=30).json()["text"]
+        assert text[start:end] == quote
+        found.add((doc_id, start, end, quote))
+    assert found == expected
+
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#cq-brief-md")
+    markdown = Path(download.value.path()).read_text(encoding="utf-8")
+    assert markdown.startswith("# Wakefield staffing\n") and "[^1]: “" in markdown
+
+    page.click("#cq-brief-remove-0")
+    page.wait_for_selector("#cq-brief-remove-1", state="detached", timeout=30_000)
+    assert briefing_rows(page) == [SEED_QUESTION]
+    assert page.locator("#cq-add-2").is_enabled()
