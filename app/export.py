@@ -76,7 +76,7 @@ def source_line(note: Note) -> str:
 
 def locator(note: Note) -> str:
     """Where to check the quote: the document id and the character offsets."""
-    return f"{note.doc_id}, characters {note.start}–{note.end}"
+    return f"Document {note.doc_id}, characters {note.start}–{note.end}"
 
 
 def markdown(briefing: Briefing) -> str:

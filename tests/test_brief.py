@@ -101,8 +101,8 @@ def word_notes(content: bytes) -> tuple[Any, dict[int, str]]:
 
 
 def note_parts(note: str) -> tuple[str, str, int, int]:
-    """A note's quote, document id and offsets: `“quote” — source. doc_id, characters start–end.`"""
-    m = re.fullmatch(r"(?s)“(.*)”(?: — .*)?\. (\S+), characters (\d+)–(\d+)\.", note)
+    """A note's quote, document id and offsets: `“quote” — source. Document doc_id, characters start–end.`"""
+    m = re.fullmatch(r"(?s)“(.*)”(?: — .*)?\. Document (\S+), characters (\d+)–(\d+)\.", note)
     assert m, note
     return m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
 

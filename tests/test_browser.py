@@ -359,6 +359,8 @@ def test_briefing_collects_two_answers_and_downloads_word_footnotes(
     page.fill("#cq-brief-title textarea, #cq-brief-title input", "Wakefield staffing")
     wait_ready(page, 2, "Wakefield staffing")
     ARTIFACTS.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 1800})  # the whole panel in view, for the picture
+    page.wait_for_timeout(300)
     box = page.locator("#cq-briefing").bounding_box()
     margin = 12  # the heading sits a little outside the column's box
     page.screenshot(
