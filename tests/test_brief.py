@@ -6,8 +6,10 @@ import html
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -417,3 +419,42 @@ def test_cli_brief_errors_are_one_line(seed_settings: Settings, tmp_path: Path) 
     assert failed.returncode == 2 and b"not valid YAML" in failed.stderr
     failed = _cli(seed_settings.home / "nowhere", str(broken.with_name("missing.txt")), check=False)
     assert failed.returncode == 2 and b"cannot read" in failed.stderr
+
+
+def test_libreoffice_reads_the_word_footnotes(
+    client: TestClient, visit: dict[str, Any], tmp_path: Path
+) -> None:
+    soffice = shutil.which("soffice")
+    if soffice is None:
+        pytest.skip("LibreOffice is not installed (optional: apt-get install libreoffice-writer-nogui)")
+    items = [{"question": VISIT, "answer": visit}, {"question": AGENCY}, {"question": VISIT, "answer": visit}]
+    response = brief(client, items, "docx")
+    assert response.status_code == 200, response.text
+    _, notes = word_notes(response.content)
+    (tmp_path / "brief.docx").write_bytes(response.content)
+    subprocess.run(
+        [
+            soffice,
+            f"-env:UserInstallation=file://{tmp_path}/profile",
+            "--headless",
+            "--convert-to",
+            "odt",
+            "--outdir",
+            str(tmp_path),
+            str(tmp_path / "brief.docx"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    with zipfile.ZipFile(tmp_path / "brief.odt") as odt:
+        content = odt.read("content.xml").decode()
+    bodies = re.findall(
+        r"<text:note [^>]*text:note-class=\"footnote\".*?<text:note-body>(.*?)</text:note-body>", content
+    )
+    assert len(bodies) == len(notes)
+    for body, note in zip(bodies, notes.values(), strict=True):
+        quote = note_parts(note)[0]
+        assert html.escape(quote.split("\n")[0], quote=False) in body.replace("&apos;", "'").replace(
+            "&quot;", '"'
+        )
