@@ -73,46 +73,6 @@ _ASK_EXAMPLES = {
         },
     },
 }
-_BRIEFING_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The briefing: Markdown with `[^n]` footnotes, a Word file with footnotes, or JSON.",
-        "model": Briefing,
-        "content": {
-            MEDIA_TYPES["md"].split(";")[0]: {"schema": {"type": "string"}},
-            MEDIA_TYPES["docx"]: {"schema": {"type": "string", "format": "binary"}},
-        },
-        "headers": {
-            **_STAMPED["headers"],
-            "Content-Disposition": {
-                "description": "`attachment` with a file name made from the title (Markdown and Word).",
-                "schema": {"type": "string"},
-            },
-        },
-    },
-    400: _ERRORS[400],
-    413: {"description": "The body is larger than the briefing limit (`CITEQA_MAX_BRIEFING_BODY_BYTES`)."},
-    422: {
-        "description": (
-            "The request is malformed or outside the limits, or an item's answer no longer matches the index "
-            "(unknown document, offsets out of range, a quote or statement that differs from the text); "
-            "`detail` names the item."
-        )
-    },
-    503: _ERRORS[503],
-}
-_BRIEFING_EXAMPLES = {
-    "questions": {
-        "summary": "Questions, answered now",
-        "value": {
-            "title": "Wakefield children's services",
-            "format": "md",
-            "items": [
-                {"question": "When did the focused visit take place?"},
-                {"question": "What is the capital of France?"},
-            ],
-        },
-    },
-}
 _RETRIEVE_EXAMPLES = {
     "passages": {"summary": "Search", "value": {"question": "social workers caseloads", "top_k": 3}}
 }
@@ -246,7 +206,6 @@ def _info(doc: Document) -> dict[str, Any]:
 
 def _routes(app: FastAPI) -> None:
     """Register the API endpoints."""
-    limits: Settings = app.state.settings
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -317,27 +276,6 @@ def _routes(app: FastAPI) -> None:
             **_info(doc), text=doc.text, removed_count=doc.removed_count, removed_sample=doc.removed_sample
         )
 
-    # The schema states this server's limits (item count, title and question length), not fixed ones.
-    briefing_body = briefing_request_model(
-        limits.max_briefing_items, limits.max_briefing_title_chars, limits.max_question_chars
-    )
-
-    @app.post("/briefing", tags=["briefings"], response_class=Response, responses=_BRIEFING_RESPONSES)
-    def briefing_route(
-        body: Annotated[briefing_body, Body(openapi_examples=_BRIEFING_EXAMPLES)],  # type: ignore[valid-type]
-        settings: SettingsDep,
-        live: LiveDep,
-        embedder: EmbedderDep,
-    ) -> Response:
-        """A briefing of cited answers: items without an answer are answered now, every quote is re-checked."""
-        request: BriefingRequest = body
-        snapshot = live.get()
-        made = assemble(snapshot, embedder, settings, request.title, request.items)
-        headers = {GENERATION_HEADER: snapshot.generation.name}
-        if request.format != "json":
-            headers["Content-Disposition"] = f'attachment; filename="{filename(made.title, request.format)}"'
-        return Response(export(made, request.format), media_type=MEDIA_TYPES[request.format], headers=headers)
-
     @app.post(
         "/ingest",
         response_model=IngestSummary,
@@ -405,6 +343,72 @@ def _handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
 
 
+_BRIEFING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The briefing: Markdown with `[^n]` footnotes, a Word file with footnotes, or JSON.",
+        "model": Briefing,
+        "content": {
+            MEDIA_TYPES["md"].split(";")[0]: {"schema": {"type": "string"}},
+            MEDIA_TYPES["docx"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "headers": {
+            **_STAMPED["headers"],
+            "Content-Disposition": {
+                "description": "`attachment` with a file name made from the title (Markdown and Word).",
+                "schema": {"type": "string"},
+            },
+        },
+    },
+    400: _ERRORS[400],
+    413: {"description": "The body is larger than the briefing limit (`CITEQA_MAX_BRIEFING_BODY_BYTES`)."},
+    422: {
+        "description": (
+            "The request is malformed or outside the limits, or an item's answer no longer matches the index "
+            "(unknown document, offsets out of range, a quote or statement that differs from the text); "
+            "`detail` names the item."
+        )
+    },
+    503: _ERRORS[503],
+}
+_BRIEFING_EXAMPLES = {
+    "questions": {
+        "summary": "Questions, answered now",
+        "value": {
+            "title": "Wakefield children's services",
+            "format": "md",
+            "items": [
+                {"question": "When did the focused visit take place?"},
+                {"question": "What is the capital of France?"},
+            ],
+        },
+    },
+}
+
+
+def _briefing_route(app: FastAPI) -> None:
+    """Register POST /briefing, its request schema stating this server's limits."""
+    limits: Settings = app.state.settings
+    briefing_body = briefing_request_model(
+        limits.max_briefing_items, limits.max_briefing_title_chars, limits.max_question_chars
+    )
+
+    @app.post("/briefing", tags=["briefings"], response_class=Response, responses=_BRIEFING_RESPONSES)
+    def briefing_route(
+        body: Annotated[briefing_body, Body(openapi_examples=_BRIEFING_EXAMPLES)],  # type: ignore[valid-type]
+        settings: SettingsDep,
+        live: LiveDep,
+        embedder: EmbedderDep,
+    ) -> Response:
+        """A briefing of cited answers: items without an answer are answered now, every quote is re-checked."""
+        request: BriefingRequest = body
+        snapshot = live.get()
+        made = assemble(snapshot, embedder, settings, request.title, request.items)
+        headers = {GENERATION_HEADER: snapshot.generation.name}
+        if request.format != "json":
+            headers["Content-Disposition"] = f'attachment; filename="{filename(made.title, request.format)}"'
+        return Response(export(made, request.format), media_type=MEDIA_TYPES[request.format], headers=headers)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API with the UI mounted at /ui; the embedder and index holder are created once, in the lifespan."""
     settings = settings or get_settings()
@@ -440,6 +444,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     _handlers(app)
     _routes(app)
+    _briefing_route(app)
 
     import gradio as gr
 

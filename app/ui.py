@@ -54,8 +54,14 @@ document.addEventListener("click", (event) => {
   const add = event.target.closest && event.target.closest("a.cq-add");
   if (add) {
     event.preventDefault();
-    const button = document.getElementById((add.getAttribute("href") || "").slice(1));
-    if (button) button.click();
+    // The panel may still be drawing the button of an answer that has only just arrived.
+    const id = (add.getAttribute("href") || "").slice(1);
+    const press = (tries) => {
+      const button = document.getElementById(id);
+      if (button) button.click();
+      else if (tries > 0) setTimeout(() => press(tries - 1), 100);
+    };
+    press(50);
     return;
   }
   const marker = event.target.closest && event.target.closest("a.cq-marker");

@@ -341,6 +341,7 @@ def test_briefing_collects_two_answers_and_downloads_word_footnotes(
     assert first["citations"] and second["citations"] and not second["abstained"]
     ask_ui(page, SEED_QUESTION, 1)
     ask_ui(page, AGENCY, 2)
+    page.wait_for_selector("#cq-add-2", timeout=30_000)
     page.locator("#cq-chat a.cq-add").nth(0).click()
     page.wait_for_selector("#cq-brief-remove-0", timeout=30_000)
     wait_ready(page, 1)
