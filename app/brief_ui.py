@@ -1,5 +1,6 @@
 """The briefing panel of the UI: add answers, reorder or remove them, download Markdown or Word."""
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def _moved(items: list[dict[str, Any]], k: int, step: int) -> list[dict[str, Any
 def briefing_panel(settings: Settings, chat: gr.State) -> None:
     """The panel's components and events, placed in the current Blocks layout; the briefing lives in the session."""
     brief = gr.State([])
+    built = gr.State(None)  # the folder holding the files last offered for download
     with gr.Column(elem_id="cq-briefing"):
         gr.Markdown("### Briefing")
         title = gr.Textbox(
@@ -142,10 +144,15 @@ def briefing_panel(settings: Settings, chat: gr.State) -> None:
             )
             word = gr.DownloadButton("Download Word", elem_id="cq-brief-docx", interactive=False, size="sm")
 
-    async def on_change(items: list[dict[str, Any]], name: str, request: gr.Request) -> tuple[Any, ...]:
+    async def on_change(
+        items: list[dict[str, Any]], name: str, previous: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
         off = gr.update(value=None, interactive=False)
+        # Gradio copied the previous files into its own cache when it sent them; ours are no longer needed.
+        if previous:
+            shutil.rmtree(previous, ignore_errors=True)
         if not items:
-            return "", off, off
+            return "", off, off, None
         title = " ".join((name or "").split()) or DEFAULT_TITLE
         files: dict[str, Path] = {}
         folder = Path(tempfile.mkdtemp(prefix="citeqa-briefing-"))
@@ -157,17 +164,17 @@ def briefing_panel(settings: Settings, chat: gr.State) -> None:
                 files[fmt].write_bytes(content)
         except ApiError as exc:
             exc.show()
-            return status_html(items, title, False), off, off
+            return status_html(items, title, False), off, off, str(folder)
         on = {fmt: gr.update(value=str(path), interactive=True) for fmt, path in files.items()}
-        return status_html(items, title, True), on["md"], on["docx"]
+        return status_html(items, title, True), on["md"], on["docx"], str(folder)
 
     # Every change rebuilds the files (a re-check of the quotes, no model call), so a download is never stale;
     # `always_last` runs only the latest while someone types the title.
     for event in (brief.change, title.change):
         event(
             on_change,
-            [brief, title],
-            [status, markdown, word],
+            [brief, title, built],
+            [status, markdown, word, built],
             concurrency_limit=None,
             trigger_mode="always_last",
             show_progress="hidden",

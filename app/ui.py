@@ -324,7 +324,8 @@ def build_ui(settings: Settings) -> gr.Blocks:
     from app.brief_ui import add_link, briefing_panel
 
     examples = example_questions(settings)
-    with gr.Blocks(title="citeqa", analytics_enabled=False) as ui:
+    # Downloads (the briefing files) are copied into Gradio's cache; files a day old are removed, hourly.
+    with gr.Blocks(title="citeqa", analytics_enabled=False, delete_cache=(3600, 86400)) as ui:
         state = gr.State(_new_state())
         gr.Markdown(
             "## citeqa\nAsk about the documents: every statement in an answer quotes its source verbatim."
