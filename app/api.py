@@ -49,8 +49,12 @@ _STAMPED: dict[str, Any] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     200: _STAMPED,
     400: {"description": "The body is not valid UTF-8, or its Content-Length is not a number."},
-    413: {"description": "The body is larger than the server's limit."},
-    422: {"description": "The request is malformed or outside the limits; `detail` says what is wrong."},
+    413: {"description": "The body is larger than the server's limit (`CITEQA_MAX_BODY_BYTES`)."},
+    422: {
+        "description": "The request is malformed or outside the limits the schema states (an empty or blank "
+        "question, one over the length limit, `top_k` out of range, too long a history, text that is not "
+        "valid Unicode); `detail` says what is wrong."
+    },
     503: {"description": "No index is built yet (run `citeqa ingest`), or it cannot be read."},
 }
 
@@ -273,10 +277,12 @@ def _routes(app: FastAPI) -> None:
         tags=["admin"],
         responses={
             200: _STAMPED,
+            400: _ERRORS[400],
             401: {"description": "No bearer token was sent."},
             403: {"description": "The bearer token is wrong."},
             404: {"description": "Ingest over HTTP is disabled (CITEQA_ADMIN_TOKEN is not set)."},
             409: {"description": "Another ingest is running."},
+            413: _ERRORS[413],
         },
     )
     def ingest_route(
@@ -300,6 +306,45 @@ def _routes(app: FastAPI) -> None:
         summary = ingest(settings.corpus, settings, embedder)
         _stamp(response, live.get())  # the generation now live, opened before the next request needs it
         return summary
+
+
+def _state_the_limits(app: FastAPI, settings: Settings) -> None:
+    """Write this server's input limits and ingest rule into its OpenAPI schema, which then says what it enforces."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        models = schema["components"]["schemas"]
+        for name in ("AskRequest", "RetrieveRequest"):
+            fields = models[name]["properties"]
+            # `\S`: the server strips the question, so one of only white space is as empty as "".
+            fields["question"].update(
+                minLength=1,
+                maxLength=settings.max_question_chars,
+                pattern=r"\S",
+                description=f"At most {settings.max_question_chars:,} characters, at least one of them "
+                "not white space.",
+            )
+            integer = next(s for s in fields["top_k"]["anyOf"] if s.get("type") == "integer")
+            integer.update(minimum=1, maximum=settings.max_top_k)
+            fields["top_k"]["description"] = (
+                f"How many citations or passages at most; {settings.default_top_k} when left out."
+            )
+        models["AskRequest"]["properties"]["history"]["maxItems"] = settings.max_history_turns
+        ingest = schema["paths"]["/ingest"]["post"]
+        if settings.admin_token:
+            del ingest["responses"]["404"]
+        else:
+            # No token can be right here, so none is asked for: every call is the documented 404.
+            del ingest["security"]
+            for status in ("401", "403", "409"):
+                del ingest["responses"][status]
+            ingest["description"] += " Disabled on this server (CITEQA_ADMIN_TOKEN is not set): 404."
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _handlers(app: FastAPI) -> None:
@@ -365,6 +410,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     _handlers(app)
     _routes(app)
+    _state_the_limits(app, settings)
 
     import gradio as gr
 
