@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -140,6 +141,36 @@ class NoUploads:
             await JSONResponse({"detail": "this server accepts no file uploads"}, 404)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class DocsFromHere:
+    """Give the API docs pages a Content-Security-Policy that lets them load nothing from other hosts."""
+
+    # ReDoc's sidebar shows a logo from cdn.redoc.ly (hidden when it fails to load); offline machines cannot
+    # reach it and online ones need not tell Redocly who reads the docs. Inline script and style are the
+    # pages' own start-up code; ReDoc's search runs in a blob: worker.
+    POLICY = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'self'"
+    )
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...] = ("/docs", "/redoc")) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", self.POLICY.encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 # Accessors of app state are `async`: FastAPI runs a sync dependency in the thread pool, a hop per
@@ -392,7 +423,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(app.state.live.get)
         yield
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files in the installed fastapi-offline package, not a CDN: /docs and /redoc
+    # must work on machines with no internet.
+    app = FastAPIOffline(
         title="citeqa",
         version="0.1.0",
         summary="Answers in plain English, every statement backed by a verbatim, checkable quote.",
@@ -401,6 +434,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(NoUploads)
+    app.add_middleware(DocsFromHere)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

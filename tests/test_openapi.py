@@ -1,5 +1,5 @@
 """The OpenAPI schema tells the truth: `schemathesis run --checks all` against a real server finds nothing,
-and the schema states this server's limits."""
+the schema states this server's limits, and the docs pages need no other host."""
 
 import re
 import shutil
@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from test_e2e import serve, stop
 
 from app.answer import validate_question
@@ -96,3 +97,17 @@ def test_ingest_is_documented_as_this_server_answers_it(tmp_path: Path) -> None:
     enabled = _schema(tmp_path, admin_token=TOKEN)["paths"]["/ingest"]["post"]
     assert enabled["security"] == [{"HTTPBearer": []}]
     assert {"401", "403", "409"} <= enabled["responses"].keys() and "404" not in enabled["responses"]
+
+
+# --- the docs pages: every asset from this server ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_this_server(tmp_path: Path, page: str) -> None:
+    client = TestClient(create_app(make_settings(tmp_path / "home")))  # no lifespan: the model is not needed
+    html = client.get(page)
+    assert html.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert assets and not [a for a in assets if "//" in a], assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
