@@ -39,6 +39,10 @@ GENERATION_HEADER = "X-Citeqa-Generation"
 # Gradio routes that store a caller's files on the server; the UI has no file inputs, so none is needed.
 _UPLOAD_PATHS = {f"{UI_PATH}/gradio_api/upload", f"{UI_PATH}/upload"}
 
+# A question must hold a character that str.strip() keeps: one of only white space is as empty as "".
+# Spelled out, because `\S` differs between Python (the server) and ECMA-262 (JSON Schema's patterns):
+# Python counts U+001C-U+001F and U+0085 as white space, ECMA-262 does not, and the other way round U+FEFF.
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 _STAMPED: dict[str, Any] = {
     "headers": {
         GENERATION_HEADER: {
@@ -350,11 +354,10 @@ def _state_the_limits(app: FastAPI, settings: Settings) -> None:
         models = schema["components"]["schemas"]
         for name in ("AskRequest", "RetrieveRequest"):
             fields = models[name]["properties"]
-            # `\S`: the server strips the question, so one of only white space is as empty as "".
             fields["question"].update(
                 minLength=1,
                 maxLength=settings.max_question_chars,
-                pattern=r"\S",
+                pattern=NOT_BLANK,
                 description=f"At most {settings.max_question_chars:,} characters, at least one of them "
                 "not white space.",
             )
