@@ -343,8 +343,19 @@ def _routes(app: FastAPI) -> None:
         return summary
 
 
+def _body_models(schema: dict[str, Any]) -> set[str]:
+    """Names of the component schemas that the operations' JSON request bodies refer to."""
+    names = set()
+    for item in schema["paths"].values():
+        for operation in item.values():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if ref := body.get("schema", {}).get("$ref"):
+                names.add(ref.rsplit("/", 1)[-1])
+    return names
+
+
 def _state_the_limits(app: FastAPI, settings: Settings) -> None:
-    """Write this server's input limits and ingest rule into its OpenAPI schema, which then says what it enforces."""
+    """Write this server's input limits and ingest rule into its OpenAPI schema, so it says what is enforced."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -352,21 +363,25 @@ def _state_the_limits(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = generate()
         models = schema["components"]["schemas"]
-        for name in ("AskRequest", "RetrieveRequest"):
-            fields = models[name]["properties"]
-            fields["question"].update(
-                minLength=1,
-                maxLength=settings.max_question_chars,
-                pattern=NOT_BLANK,
-                description=f"At most {settings.max_question_chars:,} characters, at least one of them "
-                "not white space.",
-            )
-            integer = next(s for s in fields["top_k"]["anyOf"] if s.get("type") == "integer")
-            integer.update(minimum=1, maximum=settings.max_top_k)
-            fields["top_k"]["description"] = (
-                f"How many citations or passages at most; {settings.default_top_k} when left out."
-            )
-        models["AskRequest"]["properties"]["history"]["maxItems"] = settings.max_history_turns
+        # Every JSON request body, so an endpoint that takes a question (checked by _check_limits) is covered.
+        for name in sorted(_body_models(schema)):
+            fields = models[name].get("properties", {})
+            if fields.get("question", {}).get("type") == "string":
+                fields["question"].update(
+                    minLength=1,
+                    maxLength=settings.max_question_chars,
+                    pattern=NOT_BLANK,
+                    description=f"At most {settings.max_question_chars:,} characters, at least one of them "
+                    "not white space.",
+                )
+            for branch in fields.get("top_k", {}).get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch.update(minimum=1, maximum=settings.max_top_k)
+                    fields["top_k"]["description"] = (
+                        f"How many citations or passages at most; {settings.default_top_k} when left out."
+                    )
+            if fields.get("history", {}).get("type") == "array":
+                fields["history"]["maxItems"] = settings.max_history_turns
         ingest = schema["paths"]["/ingest"]["post"]
         if settings.admin_token:
             del ingest["responses"]["404"]
