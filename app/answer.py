@@ -219,6 +219,9 @@ def check_citations(snapshot: Snapshot, answer: str, cited: list[Citation]) -> N
 
 def validate_question(question: str, settings: Settings) -> str:
     """The question stripped, or a clear error for an empty or oversized one."""
+    # The length counts before stripping, as the OpenAPI schema's maxLength does.
+    if len(question) > settings.max_question_chars:
+        raise BadInput(f"question is longer than {settings.max_question_chars} characters")
     question = question.strip()
     if not question:
         raise BadInput("question is empty")
@@ -228,8 +231,6 @@ def validate_question(question: str, settings: Settings) -> str:
         # JSON can spell lone surrogates (\ud800) and argv can carry undecodable bytes as them; the
         # tokenizer cannot take them.
         raise BadInput("question is not valid UTF-8 text (it contains lone surrogates)") from exc
-    if len(question) > settings.max_question_chars:
-        raise BadInput(f"question is longer than {settings.max_question_chars} characters")
     return question
 
 

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,6 +23,7 @@ from app.errors import BadInput, CiteqaError, IndexDamaged, IndexMissing, NotFou
 from app.export import MEDIA_TYPES, export, filename
 from app.index import Document, Live, Snapshot
 from app.schemas import (
+    NOT_BLANK,
     Answer,
     AskRequest,
     Briefing,
@@ -54,8 +56,12 @@ _STAMPED: dict[str, Any] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     200: _STAMPED,
     400: {"description": "The body is not valid UTF-8, or its Content-Length is not a number."},
-    413: {"description": "The body is larger than the server's limit."},
-    422: {"description": "The request is malformed or outside the limits; `detail` says what is wrong."},
+    413: {"description": "The body is larger than the server's limit (`CITEQA_MAX_BODY_BYTES`)."},
+    422: {
+        "description": "The request is malformed or outside the limits the schema states (an empty or blank "
+        "question, one over the length limit, `top_k` out of range, too long a history, text that is not "
+        "valid Unicode); `detail` says what is wrong."
+    },
     503: {"description": "No index is built yet (run `citeqa ingest`), or it cannot be read."},
 }
 
@@ -145,6 +151,36 @@ class NoUploads:
             await JSONResponse({"detail": "this server accepts no file uploads"}, 404)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class DocsFromHere:
+    """Give the API docs pages a Content-Security-Policy that lets them load nothing from other hosts."""
+
+    # ReDoc's sidebar shows a logo from cdn.redoc.ly (hidden when it fails to load); offline machines cannot
+    # reach it and online ones need not tell Redocly who reads the docs. Inline script and style are the
+    # pages' own start-up code; ReDoc's search runs in a blob: worker.
+    POLICY = (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'self'"
+    )
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...] = ("/docs", "/redoc")) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", self.POLICY.encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 # Accessors of app state are `async`: FastAPI runs a sync dependency in the thread pool, a hop per
@@ -282,10 +318,12 @@ def _routes(app: FastAPI) -> None:
         tags=["admin"],
         responses={
             200: _STAMPED,
+            400: _ERRORS[400],
             401: {"description": "No bearer token was sent."},
             403: {"description": "The bearer token is wrong."},
             404: {"description": "Ingest over HTTP is disabled (CITEQA_ADMIN_TOKEN is not set)."},
             409: {"description": "Another ingest is running."},
+            413: _ERRORS[413],
         },
     )
     def ingest_route(
@@ -309,6 +347,59 @@ def _routes(app: FastAPI) -> None:
         summary = ingest(settings.corpus, settings, embedder)
         _stamp(response, live.get())  # the generation now live, opened before the next request needs it
         return summary
+
+
+def _body_models(schema: dict[str, Any]) -> set[str]:
+    """Names of the component schemas that the operations' JSON request bodies refer to."""
+    names = set()
+    for item in schema["paths"].values():
+        for operation in item.values():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            if ref := body.get("schema", {}).get("$ref"):
+                names.add(ref.rsplit("/", 1)[-1])
+    return names
+
+
+def _state_the_limits(app: FastAPI, settings: Settings) -> None:
+    """Write this server's input limits and ingest rule into its OpenAPI schema, so it says what is enforced."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        models = schema["components"]["schemas"]
+        # Every JSON request body, so an endpoint that takes a question (checked by _check_limits) is covered.
+        for name in sorted(_body_models(schema)):
+            fields = models[name].get("properties", {})
+            if fields.get("question", {}).get("type") == "string":
+                fields["question"].update(
+                    minLength=1,
+                    maxLength=settings.max_question_chars,
+                    pattern=NOT_BLANK,
+                    description=f"At most {settings.max_question_chars:,} characters, at least one of them "
+                    "not white space.",
+                )
+            for branch in fields.get("top_k", {}).get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch.update(minimum=1, maximum=settings.max_top_k)
+                    fields["top_k"]["description"] = (
+                        f"How many citations or passages at most; {settings.default_top_k} when left out."
+                    )
+            if fields.get("history", {}).get("type") == "array":
+                fields["history"]["maxItems"] = settings.max_history_turns
+        ingest = schema["paths"]["/ingest"]["post"]
+        if settings.admin_token:
+            del ingest["responses"]["404"]
+        else:
+            # No token can be right here, so none is asked for: every call is the documented 404.
+            del ingest["security"]
+            for status in ("401", "403", "409"):
+                del ingest["responses"][status]
+            ingest["description"] += " Disabled on this server (CITEQA_ADMIN_TOKEN is not set): 404."
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _handlers(app: FastAPI) -> None:
@@ -422,7 +513,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(app.state.live.get)
         yield
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files in the installed fastapi-offline package, not a CDN: /docs and /redoc
+    # must work on machines with no internet.
+    app = FastAPIOffline(
         title="citeqa",
         version="0.1.0",
         summary="Answers in plain English, every statement backed by a verbatim, checkable quote.",
@@ -435,6 +528,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes={"/briefing": max(settings.max_body_bytes, settings.max_briefing_body_bytes)},
     )
     app.add_middleware(NoUploads)
+    app.add_middleware(DocsFromHere)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -445,6 +539,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _handlers(app)
     _routes(app)
     _briefing_route(app)
+    _state_the_limits(app, settings)
 
     import gradio as gr
 

@@ -1,8 +1,22 @@
 """Pydantic models shared by the API, UI, CLI and evals."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictInt, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, create_model
+
+# A question must hold a character that str.strip() keeps: one of only white space is as empty as "".
+# Spelled out, because `\S` differs between Python (the server) and ECMA-262 (JSON Schema's patterns):
+# Python counts U+001C-U+001F and U+0085 as white space, ECMA-262 does not, and the other way round U+FEFF.
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def _integral(value: object) -> object:
+    """A float with no fraction as the integer it is; anything else unchanged, for StrictInt to judge."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema counts 5.0 as an integer, so the schema's clients may send it; "5" and true stay refused.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class Message(BaseModel):
@@ -53,7 +67,7 @@ class AskRequest(BaseModel):
     """Body of POST /ask."""
 
     question: str = Field(examples=["When did the focused visit take place?"])
-    top_k: StrictInt | None = Field(None, examples=[5])
+    top_k: WholeNumber | None = Field(None, examples=[5])
     history: list[Message] = Field(default_factory=list)
 
 
@@ -61,7 +75,7 @@ class RetrieveRequest(BaseModel):
     """Body of POST /retrieve."""
 
     question: str = Field(examples=["social workers caseloads"])
-    top_k: StrictInt | None = Field(None, examples=[5])
+    top_k: WholeNumber | None = Field(None, examples=[5])
 
 
 class RetrieveResponse(BaseModel):

@@ -164,10 +164,14 @@ def test_cors_allows_only_configured_origins(seed_settings: Settings) -> None:
         ({"question": ""}, ["empty"]),
         ({"question": "   \n\t "}, ["empty"]),
         ({"question": "x" * 2001}, ["longer"]),
+        ({"question": " " * 2000 + "x"}, ["longer"]),
         ({"question": 123}, ["string"]),
         ({"question": None}, ["string"]),
         ({}, ["required"]),
         ({"question": "hi", "top_k": "five"}, ["integer"]),
+        ({"question": "hi", "top_k": "3"}, ["integer"]),
+        ({"question": "hi", "top_k": True}, ["integer"]),
+        ({"question": "hi", "top_k": 2.5}, ["integer"]),
         ({"question": "hi", "top_k": 0}, ["top_k"]),
         ({"question": "hi", "top_k": -3}, ["top_k"]),
         ({"question": "hi", "top_k": 10**9}, ["top_k"]),
@@ -186,6 +190,13 @@ def test_retrieve_rejects_bad_input(client: TestClient) -> None:
     assert_bad(client.post("/retrieve", json={"question": "", "top_k": 3}), 422, "empty")
     assert_bad(client.post("/retrieve", json={"question": "caseloads", "top_k": 0}), 422, "top_k")
     assert_bad(client.post("/retrieve", json={"question": "caseloads", "top_k": 10**9}), 422, "top_k")
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer(client: TestClient) -> None:
+    # JSON Schema's "integer" includes 3.0, so clients generated from the schema may send it.
+    response = client.post("/retrieve", json={"question": "social workers caseloads", "top_k": 3.0})
+    assert response.status_code == 200, response.text
+    assert 1 <= len(response.json()["passages"]) <= 3
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:

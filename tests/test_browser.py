@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -257,6 +258,45 @@ def test_errors_are_messages_not_tracebacks(page: Any) -> None:
     page.wait_for_selector("text=Type a question first", timeout=30_000)
     assert page.locator("#cq-chat .cq-answer").count() == 0
     assert "Traceback" not in page.inner_text("body")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "ask_operation"),
+    [
+        ("/docs", "#operations-answers-ask_route_ask_post .opblock-summary-path"),
+        ("/redoc", "[data-section-id='tag/answers/operation/ask_route_ask_post']"),
+    ],
+    ids=["swagger-ui", "redoc"],
+)
+def test_api_docs_render_with_every_other_host_refused(
+    browser: Any, site: str, path: str, ask_operation: str
+) -> None:
+    # The machines citeqa is built for have no internet: a page that needs a CDN shows nothing there.
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    server = urlsplit(site).netloc
+    refused: list[str] = []
+
+    def only_the_server(route: Any) -> None:
+        if urlsplit(route.request.url).netloc == server:
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    tab = context.new_page()
+    try:
+        tab.goto(f"{site}{path}")
+        tab.wait_for_selector(ask_operation, timeout=60_000)
+        assert "/ask" in tab.locator(ask_operation).first.inner_text()
+        assert tab.get_by_text("/retrieve").count() >= 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / f"api{path.replace('/', '-')}.png"))
+    finally:
+        context.close()
+    assert refused == []
 
 
 # --- the rendering helpers, without a browser --------------------------------------------------------------

@@ -23,10 +23,12 @@ STARTUP_S = 120
 JSON_TYPE = {"content-type": "application/json"}
 
 
-def serve(home: Path, corpus: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    home: Path, corpus: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start `citeqa serve` on a free port and wait until /health answers 200."""
     port = free_port()
-    env = citeqa_env(home, corpus)
+    env = citeqa_env(home, corpus) | (extra_env or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(CITEQA), "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -285,6 +285,29 @@ def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
         squad.benchmark(tmp_path / "home")
 
 
+def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
+    assert squad.SPLIT.is_relative_to(ROOT / "evals" / "data") and squad.SPLIT.is_file()
+    assert "CC BY-SA 4.0" in (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
+    # The split's old home beside the checkout, and absolute paths of one machine; spelled in two halves
+    # so this file does not name them itself.
+    needles = ("shared" + "/bench", "/work" + "/")
+    places = [ROOT / name for name in ("Makefile", "README.md", "pyproject.toml", ".ci/run")]
+    for folder in ("app", "ingest", "evals", "bench", "tests", "corpus"):
+        places += [
+            p
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".txt", ".toml", ".json"}
+        ]
+    named = [
+        f"{p.relative_to(ROOT)}: {needle}"
+        for p in places
+        if p != squad.SPLIT and "cache" not in p.parts
+        for needle in needles
+        if needle in p.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert named == []
+
+
 # --- full runs ---------------------------------------------------------------------------------------------
 
 
