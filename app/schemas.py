@@ -154,16 +154,19 @@ def briefing_request_model(
     max_items: int, max_title_chars: int, max_question_chars: int
 ) -> type[BriefingRequest]:
     """BriefingRequest with the server's limits in its schema, so OpenAPI states what the route accepts."""
-    # "\S": a title or question of only spaces is empty; JSON Schema patterns search, as pydantic's do.
-    item = create_model(
-        "BriefingItem",
-        __base__=BriefingItem,
-        question=(str, Field(min_length=1, max_length=max_question_chars, pattern=r"\S")),
+    # NOT_BLANK: a title or question of only white space is empty, as for POST /ask; JSON Schema patterns
+    # search, as pydantic's do, and the plain character class reads alike in Python, Rust and ECMA-262.
+    question = Field(
+        min_length=1,
+        max_length=max_question_chars,
+        pattern=NOT_BLANK,
+        description=f"At most {max_question_chars:,} characters, at least one of them not white space.",
     )
+    item = create_model("BriefingItem", __base__=BriefingItem, question=(str, question))
     return create_model(
         "BriefingRequest",
         __base__=BriefingRequest,
-        title=(str, Field(min_length=1, max_length=max_title_chars, pattern=r"\S")),
+        title=(str, Field(min_length=1, max_length=max_title_chars, pattern=NOT_BLANK)),
         items=(list[item], Field(min_length=1, max_length=max_items)),
     )
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 from test_e2e import serve, stop
 
@@ -55,6 +56,24 @@ def test_schemathesis_with_every_check_finds_no_failure(
     assert f"Tested: {operations}" in run.stdout, report
 
 
+def test_only_the_briefing_may_answer_valid_data_with_422(tmp_path: Path) -> None:
+    # The one exception in schemathesis.toml (made-up answers in a schema-valid briefing) stays that narrow.
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json",
+        create_app(make_settings(tmp_path / "home")),
+        config=schemathesis.Config.from_path(str(CONFIG)),
+    )
+    allowing = set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if (
+            "422"
+            in schema.config.checks_config_for(operation=operation).positive_data_acceptance.expected_statuses
+        ):
+            allowing.add((operation.method.upper(), operation.path))
+    assert allowing == {("POST", "/briefing")}
+
+
 # --- what the schema states, for settings other than the defaults --------------------------------------------
 
 
@@ -74,6 +93,10 @@ def test_the_schema_states_the_limits_this_server_enforces(tmp_path: Path) -> No
         integer = next(s for s in fields["top_k"]["anyOf"] if s.get("type") == "integer")
         assert (integer["minimum"], integer["maximum"]) == (1, 7)
     assert models["AskRequest"]["properties"]["history"]["maxItems"] == 3
+    # A briefing's questions are checked as /ask's are, so their schema states the same limits.
+    stated = {"type": "string", "minLength": 1, "maxLength": 123, "pattern": NOT_BLANK}
+    assert stated.items() <= models["BriefingItem"]["properties"]["question"].items()
+    assert models["BriefingRequest"]["properties"]["title"]["pattern"] == NOT_BLANK
 
     settings = make_settings(tmp_path / "home", max_question_chars=123)
     validate_question("x" * 123, settings)
