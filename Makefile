@@ -4,7 +4,7 @@ CITEQA := .venv/bin/citeqa
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser run ingest test eval bench load lint format clean
+.PHONY: install browser run ingest test eval bench load lint format clean reader
 
 install: .venv/.installed
 
@@ -38,6 +38,12 @@ bench: install
 
 load: install
 	$(PY) -m bench.load
+
+# Train the reader (app/train.py) from the open QA data in READER_DATA and write models/reader/. CPU, under an
+# hour on 2 cores; the committed model is what `make run` and `make test` use, so this is only for retraining.
+READER_DATA ?= ../shared/reader
+reader: install
+	$(PY) -m app.train --data $(READER_DATA)
 
 lint: install
 	.venv/bin/ruff check app ingest evals tests bench
