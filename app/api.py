@@ -22,6 +22,7 @@ from app.embed import Embedder, get_embedder
 from app.errors import BadInput, CiteqaError, IndexDamaged, IndexMissing, NotFound
 from app.export import MEDIA_TYPES, export, filename
 from app.index import Document, Live, Snapshot
+from app.read import get_reader
 from app.schemas import (
     NOT_BLANK,
     Answer,
@@ -507,6 +508,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.embedder = await anyio.to_thread.run_sync(get_embedder, settings.model_cache)
+        if settings.read_budget:
+            # The reader is loaded once here; `ask` then finds it in get_reader's cache.
+            await anyio.to_thread.run_sync(get_reader, settings.reader_dir)
         app.state.live = Live(settings)
         # Open the index now so the first request does not pay for it; a server with no index still starts.
         with suppress(IndexMissing, IndexDamaged):

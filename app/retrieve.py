@@ -27,7 +27,7 @@ CONTEXT_WEIGHT = 0.15
 # shares few of them. Fitted, relative to the score, by a listwise logistic regression on the SQuAD
 # calibration sample (`python -m evals.squad --fit`; label: the sentence contains a gold answer). The
 # score alone, the sentence's own evidence, still decides abstention and which further sentences join.
-CHUNK_COVERAGE_WEIGHT = 0.89
+CHUNK_COVERAGE_WEIGHT = 0.94
 # A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
 CHUNK_DENSE_WEIGHT = 0.2
 CHUNK_LEXICAL_WEIGHT = 0.1

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "citeqa",
         description="Folder for the embedding model exported to ONNX on first use.",
     )
+    reader_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "models" / "reader",
+        description="Folder of the reader model (reader.onnx and tokenizer.json).",
+    )
     corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
     admin_token: str = Field("", description="Bearer token that enables POST /ingest; empty disables it.")
     chroma_url: str = Field(
@@ -48,6 +52,11 @@ class Settings(BaseSettings):
     candidates: int = 40
     rrf_k: int = 60
     max_answer_sentences: int = 3
+    # Sentences the reader (models/reader) scores per question, the best by the hybrid rank; 0 leaves the
+    # reader out. Off by default: on held-out SQuAD articles and on the question set it does not yet beat the
+    # hybrid score and rules (README, "The reader"). To turn it on, set it to 8 (app/read.py BUDGET) and
+    # abstain_threshold to 0.029, calibrated for its evidence score by `python -m evals.squad --calibrate`.
+    read_budget: int = 0
     # Abstain when the best evidence scores below this: the 2nd percentile of the best-evidence scores of
     # answerable questions in a SQuAD calibration sample (`python -m evals.squad --calibrate`).
     abstain_threshold: float = 0.35

@@ -147,8 +147,8 @@ QUERY_COLUMNS = [
     ("peak RSS MB", "peak_rss_mb"), ("peak anon MB", "peak_anon_mb"),
 ]  # fmt: skip
 STAGE_COLUMNS = [
-    (s, f"ask.server_stage_p50_ms.{s}") for s in ("embed", "search", "score", "compose", "total")
-]
+    (s, f"ask.server_stage_p50_ms.{s}") for s in ("embed", "search", "score", "read", "compose", "total")
+] + [("read share", "ask.read_share")]
 THROUGHPUT_COLUMNS = [
     ("concurrency", "concurrency"), ("seconds", "seconds"), ("requests", "requests"), ("errors", "errors"),
     ("req/s", "rps"), ("p50 ms", "p50_ms"), ("p95 ms", "p95_ms"), ("client cores", "client_cores"),

@@ -123,6 +123,10 @@ def latency(url: str, routes: tuple[str, ...], questions: list[str], warmup: int
         }
         if stages[route]:
             out[route]["server_stage_p50_ms"] = {k: _pct(v, 50) for k, v in stages[route].items()}
+            if "read" in stages[route]:
+                # The reader's share of the server's time: summed over requests, so it weighs them alike.
+                share = sum(stages[route]["read"]) / max(1e-9, sum(stages[route]["total"]))
+                out[route]["read_share"] = round(share, 3)
     return out
 
 

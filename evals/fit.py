@@ -98,3 +98,48 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         "coverage_weight": round(float(w[1]), 4),
         "CHUNK_COVERAGE_WEIGHT": round(float(w[1] / w[0]), 2),
     }
+
+
+def reader_examples(
+    snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every reader candidate of every question: (reader logit, hybrid score) rows and whether it holds a
+    gold answer (never, for an unanswerable question)."""
+    from app.read import BUDGET, get_reader
+    from app.retrieve import retrieve
+
+    reader = get_reader(settings.reader_dir)
+    rows, labels = [], []
+    for item in items:
+        found = retrieve(snapshot, embedder, item["question"], settings)
+        pool = found.sentences[: settings.read_budget or BUDGET]
+        texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
+        p = np.clip(reader.score(item["question"], texts), 1e-6, 1 - 1e-6)
+        golds = [_norm(a) for a in item["answers"]]
+        for ev, text, prob in zip(pool, texts, p, strict=True):
+            rows.append((np.log(prob / (1 - prob)), ev.score))
+            labels.append(
+                snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
+            )
+    return np.array(rows), np.array(labels, dtype=float)
+
+
+def fit_reader(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Pointwise logistic regression of "holds the answer" on the reader's logit and the hybrid score, with
+    an intercept (app/read.py READER_WEIGHT, HYBRID_WEIGHT, BIAS); Newton's method, as above."""
+    z = np.column_stack([x, np.ones(len(x))])
+    w = np.zeros(3)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(z @ w)))
+        grad = z.T @ (p - y) + L2 * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z + L2 * np.eye(3)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return {
+        "candidates": len(y),
+        "READER_WEIGHT": round(float(w[0]), 3),
+        "HYBRID_WEIGHT": round(float(w[1]), 3),
+        "BIAS": round(float(w[2]), 3),
+    }

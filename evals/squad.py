@@ -7,7 +7,6 @@ sentence ranker's chunk-coverage weight on that same sample and prints it (see e
 
 import argparse
 import json
-import random
 import re
 import sys
 import tempfile
@@ -23,15 +22,15 @@ from app.answer import ask, candidates, passages
 from app.embed import get_embedder
 from app.errors import BadInput
 from app.index import Store
+from app.read import get_reader, read
 from app.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
+from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES
 from evals import metrics
 from ingest.build import ingest
 
 SPLIT = Path(__file__).resolve().parent / "data" / "squad-dev-split.json"
-SEED = 20181
-SAMPLE = 400
 
 
 def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -48,6 +47,7 @@ def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[
             for qa in para["qas"]:
                 item = {
                     "id": qa["id"],
+                    "article": article["title"],
                     "question": qa["question"],
                     "doc_id": f"{stem}.txt",
                     "answers": sorted({a["text"] for a in qa["answers"]}),
@@ -121,26 +121,36 @@ def run(
 
 
 def benchmark(home: Path | None = None) -> dict[str, Any]:
-    """Index the split and score the evaluation sample: the figures `citeqa eval --squad` reports and gates.
+    """Index the split and score the evaluation articles: the figures `citeqa eval --squad` reports and gates.
 
     Without `home` the index lives in a temporary folder that is deleted afterwards.
     """
     with indexed(home) as (settings, answerable, unanswerable):
-        return run(settings, answerable[:SAMPLE], unanswerable[:SAMPLE])
+        return run(settings, *of_articles(EVAL_ARTICLES, answerable, unanswerable))
+
+
+def of_articles(
+    articles: tuple[str, ...], answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The questions of the named articles only."""
+    return (
+        [q for q in answerable if q["article"] in articles],
+        [q for q in unanswerable if q["article"] in articles],
+    )
 
 
 @contextmanager
 def indexed(
     home: Path | None,
 ) -> Iterator[tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]]:
-    """The split indexed in `home` (or a temporary folder deleted afterwards), with both question lists in
-    the fixed shuffled order: the first SAMPLE evaluate, the next SAMPLE calibrate and fit."""
+    """The whole split indexed in `home` (or a temporary folder deleted afterwards), with its questions.
+
+    Every paragraph is a document, so retrieval searches all of them; the questions asked come from the
+    articles the reader never trained on (app/train.py): EVAL_ARTICLES measure, CALIBRATION_ARTICLES
+    calibrate and fit.
+    """
     with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
-        settings, answerable, unanswerable = prepare(home or Path(tmp))
-        rng = random.Random(SEED)
-        rng.shuffle(answerable)
-        rng.shuffle(unanswerable)
-        yield settings, answerable, unanswerable
+        yield prepare(home or Path(tmp))
 
 
 def require_split() -> None:
@@ -165,11 +175,14 @@ def calibrate(
     """Print, per threshold, the false-abstention and abstention rates on the calibration sample."""
     snapshot = Store(settings).open()
     embedder = get_embedder()
+    reader = get_reader(settings.reader_dir) if settings.read_budget else None
 
     def best(item: dict[str, Any]) -> tuple[float, bool]:
         # The strongest sentence that could answer, since the threshold asks whether any clears it (when the
         # question's names rule the evidence out, the strongest sentence of all).
         found = retrieve(snapshot, embedder, item["question"], settings)
+        if reader is not None:
+            read(reader, snapshot, found, settings.read_budget)
         usable = candidates(snapshot, found)
         pool = found.sentences if usable is None else usable
         return max((ev.score for ev in pool), default=-1.0), usable is None
@@ -178,18 +191,25 @@ def calibrate(
     neg = [best(q) for q in unanswerable]
     pos_scores = np.array([s for s, _ in pos])
     print(f"answerable abstaining on names alone: {np.mean([a for _, a in pos]):.3f}")
-    for pct in (1, 2, 3, 5, 7, 10):
+    for pct in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15):
         t = float(np.percentile(pos_scores, pct))
         fa = np.mean([a or s < t for s, a in pos])
         ab = np.mean([a or s < t for s, a in neg])
         print(f"threshold {t:.3f} (answerable p{pct}): false abstention {fa:.3f}, abstention {ab:.3f}")
 
 
-def fit_scorer(settings: Settings, answerable: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the given answerable questions."""
-    from evals.fit import examples, fit
+def fit_scorer(
+    settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the answerable questions, and the
+    evidence score's weights (app/read.py) on all of them."""
+    from evals.fit import examples, fit, fit_reader, reader_examples
 
-    return fit(examples(Store(settings).open(), get_embedder(), settings, answerable))
+    snapshot, embedder = Store(settings).open(), get_embedder()
+    return {
+        **fit(examples(snapshot, embedder, settings, answerable)),
+        **fit_reader(*reader_examples(snapshot, embedder, settings, answerable + unanswerable)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written to {args.out}")
         return 0
     with indexed(args.home) as (settings, answerable, unanswerable):
+        calibration = of_articles(CALIBRATION_ARTICLES, answerable, unanswerable)
         if args.fit:
-            print(json.dumps(fit_scorer(settings, answerable[SAMPLE : 2 * SAMPLE])))
+            print(json.dumps(fit_scorer(settings, *calibration)))
         else:
-            # Disjoint from the evaluation sample: calibration never sees the questions it is judged on.
-            calibrate(settings, answerable[SAMPLE : 2 * SAMPLE], unanswerable[SAMPLE : 2 * SAMPLE])
+            # Disjoint from the evaluation articles: calibration never sees the questions it is judged on.
+            calibrate(settings, *calibration)
     return 0
 
 

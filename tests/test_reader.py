@@ -1,0 +1,124 @@
+"""The reader: the committed model matches its card and ranks answers; its training code still runs."""
+
+import hashlib
+import io
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+
+from app.answer import ask
+from app.errors import ModelUnavailable
+from app.read import BUDGET, MODEL_DIR, Reader, get_reader
+from app.split import sentence_spans
+from app.train import EVAL_ARTICLES, SQUAD, TRAIN_ARTICLES, Pair, build, pairs, paragraphs
+from tests.conftest import ROOT
+
+
+def test_model_card_states_the_committed_files_checksum():
+    card = (MODEL_DIR / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"sha256 of `reader\.onnx` \| `([0-9a-f]{64})`", card)
+    assert stated, "the model card must state reader.onnx's sha256"
+    assert hashlib.sha256((MODEL_DIR / "reader.onnx").read_bytes()).hexdigest() == stated.group(1)
+
+
+def test_committed_model_ranks_the_answer_above_a_distractor():
+    reader = get_reader()
+    question = "Which river flows through the old town?"
+    sentences = [
+        "The town hall was rebuilt in 1890 after a fire.",
+        "The River Calder flows through the old town before joining the Aire.",
+        "Tourists often visit the market on Saturdays.",
+    ]
+    scores = reader.score(question, sentences)
+    assert scores.shape == (3,)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert int(np.argmax(scores)) == 1
+
+
+def _held_out_questions(limit: int) -> list[tuple[str, list[str], set[int]]]:
+    out = []
+    for para in paragraphs(SQUAD, EVAL_ARTICLES):
+        spans = sentence_spans(para["context"])
+        texts = [para["context"][s:e] for s, e in spans]
+        for qa in para["qas"]:
+            if qa["is_impossible"] or len(texts) < 3:
+                continue
+            starts = {a["answer_start"] for a in qa["answers"]}
+            gold = {i for i, (s, e) in enumerate(spans) if any(s <= a < e for a in starts)}
+            out.append((qa["question"], texts, gold))
+    return random.Random(5).sample(out, limit)
+
+
+def test_committed_model_finds_the_answer_sentence_in_held_out_squad_paragraphs():
+    # Articles the reader never trained on; a sentence picked at random would be right about a fifth of
+    # the time, and the trained model about nine times in ten.
+    reader = get_reader()
+    questions = _held_out_questions(60)
+    right = sum(int(np.argmax(reader.score(q, texts))) in gold for q, texts, gold in questions)
+    assert right / len(questions) >= 0.75
+
+
+def test_answers_with_the_reader_on_keep_their_citations_exact(seed_snapshot, embedder, seed_settings):
+    settings = seed_settings.model_copy(update={"read_budget": BUDGET, "abstain_threshold": 0.029})
+    answer = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", settings)
+    assert "read" in answer.timings_ms
+    assert answer.citations
+    for c in answer.citations:
+        assert seed_snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
+        assert 0 <= c.score <= 1
+    off = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", seed_settings)
+    assert "read" not in off.timings_ms
+
+
+def test_reader_refuses_a_missing_or_damaged_model(tmp_path):
+    with pytest.raises(ModelUnavailable, match="missing"):
+        Reader(tmp_path / "reader.onnx", MODEL_DIR / "tokenizer.json")
+    (tmp_path / "reader.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelUnavailable, match="cannot be loaded"):
+        Reader(tmp_path / "reader.onnx", MODEL_DIR / "tokenizer.json")
+
+
+def test_pairs_label_answer_sentences_and_every_sentence_of_unanswerable_questions():
+    context = "Alpha is a city. It lies on a river called Beta. Gamma is its mayor. Delta is far away."
+    para = {
+        "context": context,
+        "qas": [
+            {
+                "question": "Which river is Alpha on?",
+                "is_impossible": False,
+                "answers": [{"text": "Beta", "answer_start": context.index("Beta")}],
+            },
+            {"question": "Who founded Alpha?", "is_impossible": True, "answers": []},
+        ],
+    }
+    out = pairs([para], random.Random(0))
+    answerable = [p for p in out if p.question.startswith("Which")]
+    assert [p.sentence for p in answerable if p.label == 1.0] == ["It lies on a river called Beta."]
+    assert len([p for p in answerable if p.label == 0.0]) == 3
+    impossible = [p for p in out if p.question.startswith("Who")]
+    assert impossible and all(p.label == 0.0 and p.weight > 1 for p in impossible)
+
+
+@pytest.mark.slow
+def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
+    from app.embed import model_path
+
+    examples: list[Pair] = pairs(paragraphs(SQUAD, TRAIN_ARTICLES[:1]), random.Random(0))[:64]
+    log = io.StringIO()
+    model = build(model_path(), examples, layers=1, epochs=1.0, out=tmp_path, log=log)
+    assert "step 2/2" in log.getvalue()
+    reader = Reader(model, tmp_path / "tokenizer.json")
+    scores = reader.score("Who wrote it?", ["A sentence.", "Another, longer sentence about a book."])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_training_data_is_recorded_in_the_card():
+    card = (MODEL_DIR / "README.md").read_text(encoding="utf-8")
+    metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
+    for name in ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json", *TRAIN_ARTICLES):
+        assert name in card
+    assert str(metrics["pairs"]) in card.replace(",", "")
+    assert (ROOT / "Makefile").read_text().count("app.train") == 1
