@@ -23,10 +23,12 @@ from app.index import Store
 from app.settings import Settings
 from bench import ingest_speed, report, serve, starter, synth
 from bench.watch import Background, RssSampler, wait_quiet
-from evals.squad import SEED, SPLIT, write_corpus
+from evals.squad import SPLIT, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_CORPUS = ROOT / "corpus"
+# The SQuAD questions' fixed shuffled order, the same across runs.
+SHUFFLE_SEED = 20181
 QUESTIONS = ROOT / "evals" / "questions.yaml"
 LOGS = synth.CACHE / "logs"
 THREADS = 8
@@ -163,20 +165,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-50k", action="store_true", help="leave out the synthetic 50k-chunk corpus")
     parser.add_argument("--requests", type=int, default=0, help="measured requests per route and corpus")
     parser.add_argument(
+        "--reader",
+        action="store_true",
+        help="serve with the trained reader on (CITEQA_READ_BUDGET=8, its calibrated threshold 0.029)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="results file (default bench/results.json; --quick: bench/cache/results-quick.json)",
+        help="results file (default bench/results.json, with --reader bench/results-reader.json; --quick: bench/cache/results-quick.json)",
     )
     args = parser.parse_args(argv)
+    if args.reader:
+        serve.SERVER_SETTINGS.update(CITEQA_READ_BUDGET="8", CITEQA_ABSTAIN_THRESHOLD="0.029")
     p = plan(args)
-    out = args.out or (synth.CACHE / "results-quick.json" if args.quick else ROOT / "bench" / "results.json")
+    default = "results-reader.json" if args.reader else "results.json"
+    out = args.out or (synth.CACHE / "results-quick.json" if args.quick else ROOT / "bench" / default)
     results: dict[str, Any] = {
         "mode": p.mode,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": report.machine(),
         "load_avg": {"start": round(os.getloadavg()[0], 2)},
         "plan": p.__dict__,
+        "reader": dict(serve.SERVER_SETTINGS),
         "corpora": {},
         "ingest": {},
         "query": {},
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         squad_corpus = work / "squad-corpus"
         answerable, unanswerable = write_corpus(SPLIT, squad_corpus)
         squad_qs = [item["question"] for item in answerable + unanswerable]
-        random.Random(SEED).shuffle(squad_qs)
+        random.Random(SHUFFLE_SEED).shuffle(squad_qs)
         homes: dict[str, Path] = {}
         for name, corpus in (("seed", SEED_CORPUS), ("squad", squad_corpus)):
             if name in p.corpora:

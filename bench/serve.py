@@ -24,9 +24,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Settings every citeqa subprocess of this run gets (bench.run --reader puts the reader's here).
+SERVER_SETTINGS: dict[str, str] = {}
+
+
 def citeqa_env(home: Path, corpus: Path | None = None) -> dict[str, str]:
     """The environment of a citeqa subprocess answering from the index in `home` (none of ours inherited)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITEQA_")}
+    env.update(SERVER_SETTINGS)
     env["CITEQA_HOME"] = str(home)
     if corpus is not None:
         env["CITEQA_CORPUS"] = str(corpus)

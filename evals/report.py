@@ -86,8 +86,8 @@ def _squad_markdown(data: Mapping[str, Any]) -> list[str]:
         "",
         "## SQuAD benchmark",
         "",
-        f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable questions of the shared "
-        "SQuAD 2.0 split, each paragraph a document (`python -m evals.squad`).",
+        f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable questions of the "
+        "vendored SQuAD 2.0 split's evaluation articles, each paragraph a document (`python -m evals.squad`).",
         "",
         *_md_table(figures, base, checks, SQUAD_HEADLINE),
     ]
@@ -340,7 +340,8 @@ def _squad_html(data: Mapping[str, Any]) -> list[str]:
     return [
         "<h2>SQuAD benchmark</h2>",
         f'<p class="muted">{figures["answerable"]} answerable and {figures["unanswerable"]} unanswerable '
-        "questions of the shared SQuAD 2.0 split, each paragraph a document; gated like the question set.</p>",
+        "questions of the vendored SQuAD 2.0 split's evaluation articles, each paragraph a document; gated like "
+        "the question set.</p>",
         *_against_baseline(figures, base, checks, SQUAD_CHARTED, SQUAD_HEADLINE),
     ]
 

@@ -1,6 +1,7 @@
-"""The SQuAD benchmark: each paragraph of the shared split is a document; retrieval and answers are scored.
+"""The SQuAD benchmark: each paragraph of the vendored split is a document; retrieval and answers are scored.
 
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
+The questions come from the evaluation articles only (app/train.py splits the articles by use).
 `--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
 sentence ranker's chunk-coverage weight on that same sample and prints it (see evals/fit.py).
 """
@@ -154,7 +155,7 @@ def indexed(
 
 
 def require_split() -> None:
-    """A clear error when the shared SQuAD split is not where the benchmark reads it."""
+    """A clear error when the vendored SQuAD split is not where the benchmark reads it."""
     if not SPLIT.is_file():
         raise BadInput(f"the SQuAD split is not at {SPLIT}")
 

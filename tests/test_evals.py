@@ -364,7 +364,7 @@ def test_gate_passes_on_the_real_corpus_against_the_committed_baseline(tmp_path:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gate passed" in done.stdout and "hit_at_5" in done.stdout
-    assert "SQuAD benchmark (400 answerable, 400 unanswerable)" in done.stdout
+    assert "SQuAD benchmark (435 answerable, 506 unanswerable)" in done.stdout
     for name in ("report.json", "report.md", "report.html", "history.jsonl"):
         assert (reports / name).is_file()
     data = json.loads((tmp_path / "metrics.json").read_text())
