@@ -39,10 +39,10 @@ bench: install
 load: install
 	$(PY) -m bench.load
 
-# Train the reader (app/train.py) from the open QA data in READER_DATA and write models/reader/. CPU, under an
-# hour on 2 cores; the committed model is what `make run` and `make test` use, so this is only for retraining.
-READER_DATA ?= ../shared/reader
+# Train the reader (app/train.py) from the open QA files in READER_DATA (models/reader/README.md lists them)
+# and write models/reader/. The committed model is what `make run` and `make test` use: this only retrains.
 reader: install
+	@test -n "$(READER_DATA)" || { echo "usage: make reader READER_DATA=<folder of the QA files in models/reader/README.md>" >&2; exit 2; }
 	$(PY) -m app.train --data $(READER_DATA)
 
 lint: install

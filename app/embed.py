@@ -152,18 +152,24 @@ def _export(source: Path, target: Path) -> None:
             mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, dim=-1)
 
-    example = torch.tensor([[101, 7592, 102], [101, 102, 0]])
-    feed = (example, (example > 0).long(), torch.zeros_like(example))
+    trace(Pooled(), [[101, 7592, 102], [101, 102, 0]], target, "embedding")
+
+
+def trace(module: Any, example: list[list[int]], target: Path, output: str) -> None:
+    """Export a module taking (input_ids, attention_mask, token_type_ids) to ONNX, dynamic in batch and length."""
+    import torch
+
+    ids = torch.tensor(example)
     axes = {name: {0: "batch", 1: "tokens"} for name in _INPUTS}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Pooled(),
-            feed,
+            module,
+            (ids, (ids > 0).long(), torch.zeros_like(ids)),
             str(target),
             input_names=list(_INPUTS),
-            output_names=["embedding"],
-            dynamic_axes={**axes, "embedding": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={**axes, output: {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )

@@ -1,6 +1,6 @@
 """Train citeqa's reader: a cross-encoder that scores (question, sentence) pairs, exported to ONNX.
 
-Run: `make reader` (`python -m app.train`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
+Run: `make reader READER_DATA=DIR` (`python -m app.train --data DIR`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
 named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, fine-tunes
 the first LAYERS layers of the packaged all-MiniLM-L6-v2 with a fresh one-logit head, and writes
 `models/reader/` (the int8 ONNX graph, its tokenizer and `metrics.json`). Fixed seeds; CPU only.
@@ -13,7 +13,6 @@ import random
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +205,8 @@ def export(model: Any, target: Path) -> None:
     """Trace the model with a sigmoid on its logit into ONNX, dynamic in batch and length."""
     import torch
 
+    from app.embed import trace
+
     class Probability(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -217,20 +218,8 @@ def export(model: Any, target: Path) -> None:
             ).logits
             return torch.sigmoid(logits.squeeze(-1))
 
-    example = torch.tensor([[101, 7592, 102, 2088, 102], [101, 7592, 102, 102, 0]])
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Probability(),
-            (example, (example > 0).long(), torch.zeros_like(example)),
-            str(target),
-            input_names=names,
-            output_names=["probability"],
-            dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "probability": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    # A pair ([CLS] q [SEP] s [SEP]) and a shorter padded one, so the traced graph sees both shapes.
+    trace(Probability(), [[101, 7592, 102, 2088, 102], [101, 7592, 102, 102, 0]], target, "probability")
 
 
 def quantise(source: Path, target: Path) -> None:
@@ -278,7 +267,9 @@ def build(source: Path, examples: list[Pair], layers: int, epochs: float, out: P
 def main(argv: list[str] | None = None) -> int:
     """Build the pairs, train, export, quantise, measure and write models/reader/."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "reader")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder of the QA files models/reader/README.md lists"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--limit", type=int, default=PAIRS, help="train on at most this many pairs")
     parser.add_argument("--epochs", type=float, default=1.0)
