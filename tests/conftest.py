@@ -1,6 +1,8 @@
 """Shared fixtures: the real embedding model once per session, real indexes in temporary folders."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,18 @@ def check_citations(snapshot: Snapshot, embedder: Embedder, settings: Settings, 
     for p in passages(snapshot, embedder, question, settings, 5):
         assert snapshot.docs[p.doc_id].text[p.start : p.end] == p.text
     return answer
+
+
+def citeqa_cli(home: Path, *args: str, check: bool = True, text: bool = False) -> subprocess.CompletedProcess:
+    """Run a `citeqa` subcommand in a subprocess against the index at `home`, with no other CITEQA_ setting."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={"CITEQA_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=text,
+        check=check,
+    )
 
 
 def make_settings(home: Path, **overrides: object) -> Settings:

@@ -1,8 +1,6 @@
 """The retrieval layer on the seed corpus: answers, citations, abstention, follow-ups."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -27,7 +25,7 @@ from app.retrieve import CHUNK_COVERAGE_WEIGHT, Evidence, retrieve
 from app.schemas import Message
 from app.settings import Settings
 from ingest.build import ingest
-from tests.conftest import ROOT
+from tests.conftest import citeqa_cli
 
 LETTER = "ofsted-focused-visit-letter-wakefield-2018-03-22.md"
 
@@ -279,14 +277,7 @@ def test_a_sentence_a_whole_quotation_took_in_is_not_cited_again():
 
 def _cli_ask(home, *args, check=True):
     """Run `citeqa ask` in a subprocess against the index at `home`."""
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "ask", *args],
-        env={"CITEQA_HOME": str(home), "PATH": "/usr/bin:/bin"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=check,
-    )
+    return citeqa_cli(home, "ask", *args, check=check, text=True)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +26,10 @@ from app.api import create_app
 from app.export import MEDIA_TYPES, md_block, md_text
 from app.index import Snapshot
 from app.settings import Settings
+from tests.conftest import citeqa_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 VISIT = "When did the focused visit take place?"
 AGENCY = "How many agency staff had senior managers recruited?"
 FRANCE = "What is the capital of France?"
@@ -375,13 +374,7 @@ def test_markdown_text_renders_as_exactly_the_text(value: str) -> None:
 
 
 def _cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "brief", *args],
-        env={"CITEQA_HOME": str(home), "PATH": "/usr/bin:/bin"},
-        cwd=ROOT,
-        capture_output=True,
-        check=check,
-    )
+    return citeqa_cli(home, "brief", *args, check=check)
 
 
 def test_cli_brief_writes_word_markdown_and_json(
