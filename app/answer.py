@@ -10,7 +10,7 @@ from app.errors import BadInput, CitationInvalid
 from app.expect import sub_questions
 from app.followup import standalone
 from app.index import Snapshot
-from app.read import Reader, get_reader, read
+from app.read import get_reader, read
 from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve, unframed
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
@@ -243,12 +243,9 @@ def ask(
     history: list[Message] | None = None,
     top_k: int | None = None,
     answerer: Answerer | None = None,
-    reader: Reader | None = None,
 ) -> Answer:
     """Answer a question from the snapshot, with checked citations."""
     started = time.perf_counter()
-    if settings.read_budget and reader is None:
-        reader = get_reader(settings.reader_dir)
     question = validate_question(question, settings)
     _top_k(top_k, settings)
     history = (history or [])[-settings.max_history_turns :]
@@ -261,7 +258,8 @@ def ask(
         founds = [retrieve(snapshot, embedder, part, settings, avoid, part) for part in parts]
     else:
         founds = [retrieve(snapshot, embedder, query, settings, avoid, focus)]
-    if reader is not None:
+    if settings.read_budget:
+        reader = get_reader(settings.reader_dir)
         for found in founds:
             read(reader, snapshot, found, settings.read_budget)
     t = time.perf_counter()
