@@ -13,7 +13,7 @@ import numpy as np
 
 from app.errors import ModelUnavailable
 from app.index import Snapshot
-from app.retrieve import Retrieval
+from app.retrieve import Evidence, Retrieval
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
 # Question plus sentence, in word pieces, as in training (app/train.py MAX_TOKENS).
@@ -22,13 +22,16 @@ MAX_TOKENS = 96
 # hybrid score (the sentence alone cannot tell what "it" is; the hybrid score knows its chunk): a logistic
 # regression fitted on every reader candidate of the SQuAD calibration articles' questions, unanswerable
 # ones included (`python -m evals.squad --fit`).
-READER_WEIGHT = 0.529
-HYBRID_WEIGHT = 3.77
-BIAS = -3.962
+READER_WEIGHT = 0.689
+HYBRID_WEIGHT = 2.704
+BIAS = -3.082
 # Sentences scored per question when the reader is on (CITEQA_READ_BUDGET): on the SQuAD calibration
 # articles the evidence score picks an answer sentence first as often from the best 4 or 8 by the hybrid
 # rank as from 16, at half or a quarter of the cost; 8 keeps more of the question set's answers in reach.
 BUDGET = 8
+# The abstention threshold for that evidence score (CITEQA_ABSTAIN_THRESHOLD with the reader on), set as the
+# default one is (app/settings.py): `CITEQA_READ_BUDGET=8 python -m evals.squad --calibrate`.
+ABSTAIN_THRESHOLD = 0.027
 # Pairs run together in one call of the model (see Reader.score).
 GROUP = 4
 
@@ -91,11 +94,16 @@ def _reader(model_dir: Path) -> Reader:
     return Reader(model_dir / "reader.onnx", model_dir / "tokenizer.json")
 
 
+def to_read(found: Retrieval, budget: int) -> list[Evidence]:
+    """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind."""
+    return [ev for ev in found.sentences if ev.offers][:budget]
+
+
 def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> None:
-    """Score the best `budget` sentences by the hybrid rank with the reader and turn each into its evidence
-    score (see READER_WEIGHT); the rest drop out, since only what the reader judged may be cited."""
+    """Score the sentences `to_read` picks with the reader and turn each into its evidence score (see
+    READER_WEIGHT); the rest drop out, since only what the reader judged may be cited."""
     started = time.perf_counter()
-    pool = found.sentences[:budget]
+    pool = to_read(found, budget)
     texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
     probabilities = np.clip(reader.score(found.query, texts), 1e-6, 1 - 1e-6)
     for ev, logit in zip(pool, np.log(probabilities / (1 - probabilities)), strict=True):

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reader",
         action="store_true",
-        help="serve with the trained reader on (CITEQA_READ_BUDGET=8, its calibrated threshold 0.029)",
+        help="serve with the trained reader on (CITEQA_READ_BUDGET=8 and its calibrated threshold)",
     )
     parser.add_argument(
         "--out",
@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.reader:
-        serve.SERVER_SETTINGS.update(CITEQA_READ_BUDGET="8", CITEQA_ABSTAIN_THRESHOLD="0.029")
+        from app.read import ABSTAIN_THRESHOLD, BUDGET
+
+        serve.SERVER_SETTINGS.update(
+            CITEQA_READ_BUDGET=str(BUDGET), CITEQA_ABSTAIN_THRESHOLD=str(ABSTAIN_THRESHOLD)
+        )
     p = plan(args)
     default = "results-reader.json" if args.reader else "results.json"
     out = args.out or (synth.CACHE / "results-quick.json" if args.quick else ROOT / "bench" / default)
