@@ -45,12 +45,8 @@ class ExtractiveAnswerer:
     def compose(
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
     ) -> tuple[str, bool, list[Evidence]]:
-        """Pick, de-duplicate and order evidence; abstain when it is too weak or misses the question's names."""
-        usable = candidates(snapshot, found)
-        if usable is None:
-            return self._abstain(snapshot, found)
-        floor = settings.abstain_threshold
-        usable = [ev for ev in usable if ev.score >= floor]
+        """Pick, de-duplicate and order evidence; abstain when none that may answer is strong enough."""
+        usable = [ev for ev in candidates(snapshot, found) if ev.score >= settings.abstain_threshold]
         if not usable:
             return self._abstain(snapshot, found)
         best = usable[0]
@@ -71,25 +67,25 @@ class ExtractiveAnswerer:
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
         """Say the documents do not answer, and show the closest material as such."""
-        # The closest material is the strongest evidence, by the sentences' own score: the chunk's share of
-        # the question that the rank adds would bring back sentences demoted as repeats or echoes.
+        # The closest material is the strongest evidence, by the sentences' own score.
         closest = _distinct(snapshot, sorted(found.sentences, key=lambda ev: -ev.score), 3)
         markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
         text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
         return text, True, closest
 
 
-def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence] | None:
-    """The sentences that may answer, in rank order; None when the question's names rule out its evidence.
+def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence]:
+    """The sentences that may answer, in rank order.
 
     A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can one
     that none of the question's names frame (a rating of another council). The rank picks the answer;
     whether to answer at all rests on the sentences' own evidence, their score.
     """
-    usable = [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
-    if usable and unframed(snapshot, found.focus, max(usable, key=lambda ev: ev.score)):
-        return None
-    return [ev for ev in usable if not unframed(snapshot, found.focus, ev)]
+    return [
+        ev
+        for ev in found.sentences
+        if ev.offers and not _heading(snapshot, ev) and not unframed(snapshot, found.focus, ev)
+    ]
 
 
 def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:

@@ -31,11 +31,9 @@ CHUNK_COVERAGE_WEIGHT = 0.94
 # A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
 CHUNK_DENSE_WEIGHT = 0.2
 CHUNK_LEXICAL_WEIGHT = 0.1
-# Penalties for sentences that cannot be the answer: no value of the asked-for kind (a "when" question
-# answered without a date), nothing beyond the question's own words (a heading), or already said.
+# A sentence without a value of the asked-for kind (a "when" question answered without a date) never
+# answers, and its score drops by this much, so that its passage ranks lower in /retrieve too.
 TYPE_PENALTY = 0.15
-ECHO_PENALTY = 0.15
-REPEAT_PENALTY = 0.3
 # Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
 TYPED_SENTENCES = 40
 # Words a follow-up borrows from the conversation count for less than its own words, as expansion terms
@@ -106,7 +104,7 @@ def retrieve(
     sentences, chunk_coverage = _score_sentences(
         snapshot, vector, content_terms(query_terms, focus), candidates, set(terms(focus))
     )
-    _judge(snapshot, focus, query, query_terms, sentences, avoid)
+    said = _judge(snapshot, focus, query, sentences, avoid)
     best_in_chunk: dict[int, float] = {}
     for ev in sentences:
         best_in_chunk[ev.chunk] = max(best_in_chunk.get(ev.chunk, -1.0), ev.score)
@@ -127,7 +125,8 @@ def retrieve(
     )
     for ev, coverage in zip(sentences, chunk_coverage, strict=True):
         ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * coverage
-    sentences.sort(key=lambda ev: -ev.rank)
+    # What the last answer said is neither a follow-up's answer nor its closest material.
+    sentences = sorted((ev for ev in sentences if ev.row not in said), key=lambda ev: -ev.rank)
     timings["score"] = (time.perf_counter() - t2) * 1000
     return Retrieval(query, query_terms, chunks, sentences, focus, timings)
 
@@ -206,19 +205,19 @@ def _judge(
     snapshot: Snapshot,
     focus: str,
     query: str,
-    query_terms: list[str],
     sentences: list[Evidence],
     avoid: frozenset[str],
-) -> None:
-    """Demote the best sentences that cannot answer: wrong kind, an echo of the question, or a repeat.
+) -> set[int]:
+    """Set aside the best sentences that cannot answer: those without a value of the asked-for kind (also
+    demoted); return the rows of those the previous answer already gave, which retrieval drops.
 
     The kind comes from the focus; what counts as already said is the whole query, so a follow-up's
     antecedent ("who replaced him?") is never its own answer.
     """
     kind = expected(focus)
     nouns = counted_nouns(focus) if kind == NUMBER else []
-    asked = set(query_terms)
     counting: dict[int, bool] = {}
+    said: set[int] = set()
     for ev in sorted(sentences, key=lambda e: -e.score)[:TYPED_SENTENCES]:
         text = snapshot.doc_list[ev.doc].text[ev.start : ev.end]
         if not offers(kind, text, query, _proper(snapshot, ev.doc)):
@@ -226,18 +225,15 @@ def _judge(
             ev.score -= TYPE_PENALTY
         elif nouns:
             counting[ev.row] = counts(text, nouns)
-        if len(set(snapshot.sentence_terms[ev.row]) - asked) < 2:
-            ev.score -= ECHO_PENALTY
         if text in avoid:
-            # A follow-up asks for something new: what the last answer said cannot answer it again.
-            ev.offers = False
-            ev.score -= REPEAT_PENALTY
+            said.add(ev.row)
     # "How many focused visits": where a passage counts the asked thing, its figures of other things do not
     # answer ("a one-week inspection every three years" beside "at least one focused visit").
     passages_counting = {ev.chunk for ev in sentences if counting.get(ev.row)}
     for ev in sentences:
         if ev.row in counting and not counting[ev.row] and ev.chunk in passages_counting:
             ev.offers = False
+    return said
 
 
 def _proper(snapshot: Snapshot, doc: int) -> Callable[[str], bool]:

@@ -37,7 +37,7 @@ def examples(
         _, _, candidates = search(snapshot, vector, query_terms, settings)
         scored = content_terms(query_terms, question)
         sentences, coverage = _score_sentences(snapshot, vector, scored, candidates, set(query_terms))
-        _judge(snapshot, question, question, query_terms, sentences, frozenset())
+        _judge(snapshot, question, question, sentences, frozenset())
         golds = [_norm(a) for a in item["answers"]]
         labels = np.array(
             [
@@ -105,14 +105,14 @@ def reader_examples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every reader candidate of every question: (reader logit, hybrid score) rows and whether it holds a
     gold answer (never, for an unanswerable question)."""
-    from app.read import BUDGET, get_reader
+    from app.read import BUDGET, get_reader, to_read
     from app.retrieve import retrieve
 
     reader = get_reader(settings.reader_dir)
     rows, labels = [], []
     for item in items:
         found = retrieve(snapshot, embedder, item["question"], settings)
-        pool = found.sentences[: settings.read_budget or BUDGET]
+        pool = to_read(found, settings.read_budget or BUDGET)
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
         p = np.clip(reader.score(item["question"], texts), 1e-6, 1 - 1e-6)
         golds = [_norm(a) for a in item["answers"]]

@@ -21,7 +21,7 @@ from app.expect import (
 )
 from app.followup import standalone
 from app.index import Store
-from app.retrieve import CHUNK_COVERAGE_WEIGHT, Evidence, retrieve
+from app.retrieve import CHUNK_COVERAGE_WEIGHT, Evidence, retrieve, unframed
 from app.schemas import Message
 from app.settings import Settings
 from ingest.build import ingest
@@ -51,6 +51,22 @@ def test_out_of_domain_question_abstains_with_closest_material(seed_snapshot, em
     assert answer.answer.startswith(ABSTAIN_TEXT)
     assert answer.citations and "not an answer" in answer.answer
     _invariants(seed_snapshot, answer)
+
+
+def test_a_sentence_the_questions_names_do_not_frame_is_never_the_answer(
+    seed_snapshot, embedder, seed_settings
+):
+    # The corpus is about Wakefield and Kirklees: its ratings never answer a question about Leeds, however
+    # strong their evidence, and with nothing framed by Leeds the answer is an abstention.
+    question = "How did Ofsted rate children's services in Leeds?"
+    found = retrieve(seed_snapshot, embedder, question, seed_settings)
+    assert found.sentences and all(unframed(seed_snapshot, found.focus, ev) for ev in found.sentences[:10])
+    assert candidates(seed_snapshot, found) == []
+    assert ask(seed_snapshot, embedder, question, seed_settings).abstained
+    # The same question about a council of the corpus has framed candidates, and only those.
+    found = retrieve(seed_snapshot, embedder, question.replace("Leeds", "Kirklees"), seed_settings)
+    usable = candidates(seed_snapshot, found)
+    assert usable and not any(unframed(seed_snapshot, found.focus, ev) for ev in usable)
 
 
 def test_figure_question_answers_with_the_figure(seed_snapshot, embedder, seed_settings):
@@ -162,7 +178,7 @@ def test_sentences_rank_by_chunk_coverage_but_answer_on_their_own_evidence(
     assert ranks == sorted(ranks, reverse=True)
     # The rank adds the chunk's coverage (between 0 and 1) to the score; the score is the sentence's own.
     assert all(ev.score <= ev.rank <= ev.score + CHUNK_COVERAGE_WEIGHT + 1e-9 for ev in found.sentences)
-    usable = candidates(seed_snapshot, found) or []
+    usable = candidates(seed_snapshot, found)
     # The threshold counts the score alone: nothing below it is ever quoted as an answer.
     answer = ask(seed_snapshot, embedder, question, seed_settings)
     if not answer.abstained:
