@@ -288,9 +288,10 @@ def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
     assert squad.SPLIT.is_relative_to(ROOT / "evals" / "data") and squad.SPLIT.is_file()
     assert "CC BY-SA 4.0" in (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
-    # The split's old home beside the checkout, and absolute paths of one machine; spelled in two halves
-    # so this file does not name them itself.
-    needles = ("shared" + "/bench", "/work" + "/")
+    # No project file reaches outside the checkout: neither a folder beside it nor the absolute path of
+    # the folder holding it, whatever this machine happens to have there.
+    beside = [f"../{p.name}/" for p in ROOT.parent.iterdir() if p.is_dir() and p != ROOT]
+    needles = (*beside, f"{ROOT.parent}/")
     places = [ROOT / name for name in ("Makefile", "README.md", "pyproject.toml", ".ci/run")]
     for folder in ("app", "ingest", "evals", "bench", "tests", "corpus"):
         places += [
