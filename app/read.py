@@ -16,7 +16,8 @@ from app.index import Snapshot
 from app.retrieve import Evidence, Retrieval
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
-# Question plus sentence, in word pieces, as in training (app/train.py MAX_TOKENS).
+# Question plus sentence, in word pieces, in training (app/train.py) and here; a sentence longer than that
+# is cut, its start kept.
 MAX_TOKENS = 96
 # The evidence score is the probability that a sentence holds the answer, from the reader's logit and the
 # hybrid score (the sentence alone cannot tell what "it" is; the hybrid score knows its chunk): a logistic
@@ -94,6 +95,12 @@ def _reader(model_dir: Path) -> Reader:
     return Reader(model_dir / "reader.onnx", model_dir / "tokenizer.json")
 
 
+def logits(probabilities: np.ndarray) -> np.ndarray:
+    """The reader's probabilities back on its logit scale, kept finite."""
+    p = np.clip(probabilities, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def to_read(found: Retrieval, budget: int) -> list[Evidence]:
     """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind."""
     return [ev for ev in found.sentences if ev.offers][:budget]
@@ -105,8 +112,7 @@ def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> N
     started = time.perf_counter()
     pool = to_read(found, budget)
     texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
-    probabilities = np.clip(reader.score(found.query, texts), 1e-6, 1 - 1e-6)
-    for ev, logit in zip(pool, np.log(probabilities / (1 - probabilities)), strict=True):
+    for ev, logit in zip(pool, logits(reader.score(found.query, texts)), strict=True):
         evidence = READER_WEIGHT * logit + HYBRID_WEIGHT * ev.score + BIAS
         ev.score = ev.rank = float(1 / (1 + np.exp(-evidence)))
     found.sentences = sorted(pool, key=lambda ev: -ev.score)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from app.read import MAX_TOKENS
 from app.split import sentence_spans, terms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +40,6 @@ SEED = 13
 # with this recipe ranked as well within held-out SQuAD paragraphs and among retrieval's candidates (the
 # model card has both).
 LAYERS = 4
-# Question plus sentence, in word pieces; a sentence longer than that is cut, its start kept.
-MAX_TOKENS = 96
 HARD_NEGATIVES = 2
 RANDOM_NEGATIVES = 1
 # Sentences of other paragraphs of the same file that share the question's rarest words: the distractors

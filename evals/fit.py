@@ -105,7 +105,7 @@ def reader_examples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every reader candidate of every question: (reader logit, hybrid score) rows and whether it holds a
     gold answer (never, for an unanswerable question)."""
-    from app.read import BUDGET, get_reader, to_read
+    from app.read import BUDGET, get_reader, logits, to_read
     from app.retrieve import retrieve
 
     reader = get_reader(settings.reader_dir)
@@ -114,10 +114,9 @@ def reader_examples(
         found = retrieve(snapshot, embedder, item["question"], settings)
         pool = to_read(found, settings.read_budget or BUDGET)
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
-        p = np.clip(reader.score(item["question"], texts), 1e-6, 1 - 1e-6)
         golds = [_norm(a) for a in item["answers"]]
-        for ev, text, prob in zip(pool, texts, p, strict=True):
-            rows.append((np.log(prob / (1 - prob)), ev.score))
+        for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
+            rows.append((logit, ev.score))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
             )
