@@ -11,7 +11,7 @@ from app.expect import sub_questions
 from app.followup import standalone
 from app.index import Snapshot
 from app.read import get_reader, read
-from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve, unframed
+from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
 from app.split import sentence_spans
@@ -77,15 +77,11 @@ class ExtractiveAnswerer:
 def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence]:
     """The sentences that may answer, in rank order.
 
-    A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can one
-    that none of the question's names frame (a rating of another council). The rank picks the answer;
-    whether to answer at all rests on the sentences' own evidence, their score.
+    A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can a
+    heading. The rank picks the answer; whether to answer at all rests on the sentences' own evidence,
+    their score (which retrieval has lowered for a sentence the question's names do not frame).
     """
-    return [
-        ev
-        for ev in found.sentences
-        if ev.offers and not _heading(snapshot, ev) and not unframed(snapshot, found.focus, ev)
-    ]
+    return [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
 
 
 def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:

@@ -27,13 +27,20 @@ CONTEXT_WEIGHT = 0.15
 # shares few of them. Fitted, relative to the score, by a listwise logistic regression on the SQuAD
 # calibration sample (`python -m evals.squad --fit`; label: the sentence contains a gold answer). The
 # score alone, the sentence's own evidence, still decides abstention and which further sentences join.
-CHUNK_COVERAGE_WEIGHT = 0.94
+CHUNK_COVERAGE_WEIGHT = 0.91
 # A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
 CHUNK_DENSE_WEIGHT = 0.2
 CHUNK_LEXICAL_WEIGHT = 0.1
 # A sentence without a value of the asked-for kind (a "when" question answered without a date) never
 # answers, and its score drops by this much, so that its passage ranks lower in /retrieve too.
 TYPE_PENALTY = 0.15
+# A sentence that some name or figure of the question does not frame (a rating of another council) seldom
+# answers, but a paraphrased name misses the frame too ("the 1700s" for "the early 18th century", "Swiss"
+# for "Switzerland"), so such a sentence is demoted by this much rather than set aside. The demoted score
+# decides abstention too, so the penalty is fitted, relative to the score, by a logistic regression over
+# every candidate of the SQuAD calibration articles' questions, unanswerable ones included
+# (`python -m evals.squad --fit`).
+FRAME_PENALTY = 0.30
 # Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
 TYPED_SENTENCES = 40
 # Words a follow-up borrows from the conversation count for less than its own words, as expansion terms
@@ -124,6 +131,8 @@ def retrieve(
         key=lambda kv: -kv[1],
     )
     for ev, coverage in zip(sentences, chunk_coverage, strict=True):
+        if unframed(snapshot, focus, ev):
+            ev.score -= FRAME_PENALTY
         ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * coverage
     # What the last answer said is neither a follow-up's answer nor its closest material.
     sentences = sorted((ev for ev in sentences if ev.row not in said), key=lambda ev: -ev.rank)

@@ -1,9 +1,12 @@
-"""Fitting CHUNK_COVERAGE_WEIGHT on SQuAD questions: `python -m evals.squad --fit`.
+"""Fitting the ranking and evidence constants on SQuAD questions: `python -m evals.squad --fit`.
 
-A listwise logistic regression (a softmax over each answerable question's candidate sentences, with the
-target spread evenly over the sentences that contain a gold answer) weighs two features: the sentence's
-score and its chunk's IDF-weighted coverage of the question's terms. The coverage weight relative to the
-score's is the constant. Newton's method in numpy: deterministic for a given sample.
+CHUNK_COVERAGE_WEIGHT orders sentences only, so it comes from a listwise logistic regression (a softmax
+over each answerable question's candidate sentences, with the target spread evenly over the sentences
+that contain a gold answer) of two features: the sentence's score and its chunk's IDF-weighted coverage
+of the question's terms; the constant is the coverage weight relative to the score's. FRAME_PENALTY and
+the reader's weights change the score, which also decides abstention, so they come from pointwise
+logistic regressions over every candidate of every question, unanswerable ones included. Newton's method
+in numpy: deterministic for a given sample.
 """
 
 import re
@@ -13,7 +16,7 @@ import numpy as np
 
 from app.embed import Embedder
 from app.index import Snapshot
-from app.retrieve import _judge, _score_sentences, content_terms, search
+from app.retrieve import FRAME_PENALTY, _judge, _score_sentences, content_terms, search, unframed
 from app.settings import Settings
 from app.split import terms
 
@@ -28,7 +31,8 @@ def _norm(text: str) -> str:
 def examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per question with a gold sentence among its candidates: (score, chunk coverage) rows and labels."""
+    """Per question with a gold sentence among its candidates: (score, chunk coverage) rows and labels, the
+    score demoted by FRAME_PENALTY where the question's names do not frame the sentence, as in retrieval."""
     out = []
     for item in items:
         question = item["question"]
@@ -48,7 +52,8 @@ def examples(
             dtype=float,
         )
         if labels.any():
-            out.append((np.column_stack([[ev.score for ev in sentences], coverage]), labels))
+            scores = [ev.score - FRAME_PENALTY * bool(unframed(snapshot, question, ev)) for ev in sentences]
+            out.append((np.column_stack([scores, coverage]), labels))
     return out
 
 
@@ -100,11 +105,11 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     }
 
 
-def reader_examples(
+def candidate_examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every reader candidate of every question: (reader logit, hybrid score) rows and whether it holds a
-    gold answer (never, for an unanswerable question)."""
+    """Every evidence candidate (the sentences the reader would score) of every question: (hybrid score,
+    unframed, reader logit) rows and whether it holds a gold answer (never, for an unanswerable question)."""
     from app.read import BUDGET, get_reader, logits, to_read
     from app.retrieve import retrieve
 
@@ -116,29 +121,39 @@ def reader_examples(
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
         golds = [_norm(a) for a in item["answers"]]
         for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
-            rows.append((logit, ev.score))
+            rows.append((ev.score, float(bool(unframed(snapshot, found.focus, ev))), logit))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
             )
     return np.array(rows), np.array(labels, dtype=float)
 
 
-def fit_reader(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Pointwise logistic regression of "holds the answer" on the reader's logit and the hybrid score, with
-    an intercept (app/read.py READER_WEIGHT, HYBRID_WEIGHT, BIAS); Newton's method, as above."""
+def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pointwise logistic regression of y on the columns of x and an intercept (last); Newton's method."""
     z = np.column_stack([x, np.ones(len(x))])
-    w = np.zeros(3)
+    w = np.zeros(z.shape[1])
     for _ in range(50):
         p = 1 / (1 + np.exp(-(z @ w)))
         grad = z.T @ (p - y) + L2 * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + L2 * np.eye(3)
+        hess = (z * (p * (1 - p))[:, None]).T @ z + L2 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
         w = w - step
         if float(np.abs(step).max()) < 1e-8:
             break
+    return w
+
+
+def fit_evidence(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """FRAME_PENALTY: the unframed weight relative to the score's, fitted on the score before the penalty;
+    and the reader's evidence score (app/read.py READER_WEIGHT, HYBRID_WEIGHT, BIAS) on its logit and the
+    score as retrieval gives it."""
+    raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
+    frame = logistic(np.column_stack([raw, x[:, 1]]), y)
+    reader = logistic(x[:, [2, 0]], y)
     return {
         "candidates": len(y),
-        "READER_WEIGHT": round(float(w[0]), 3),
-        "HYBRID_WEIGHT": round(float(w[1]), 3),
-        "BIAS": round(float(w[2]), 3),
+        "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2),
+        "READER_WEIGHT": round(float(reader[0]), 3),
+        "HYBRID_WEIGHT": round(float(reader[1]), 3),
+        "BIAS": round(float(reader[2]), 3),
     }

@@ -219,13 +219,13 @@ def fit_scorer(
     settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the answerable questions, and the
-    evidence score's weights (app/read.py) on all of them."""
-    from evals.fit import examples, fit, fit_reader, reader_examples
+    evidence constants (FRAME_PENALTY, the reader's weights in app/read.py) on all of them."""
+    from evals.fit import candidate_examples, examples, fit, fit_evidence
 
     snapshot, embedder = Store(settings).open(), get_embedder()
     return {
         **fit(examples(snapshot, embedder, settings, answerable)),
-        **fit_reader(*reader_examples(snapshot, embedder, settings, answerable + unanswerable)),
+        **fit_evidence(*candidate_examples(snapshot, embedder, settings, answerable + unanswerable)),
     }
 
 
