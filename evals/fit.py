@@ -145,15 +145,16 @@ def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def fit_evidence(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """FRAME_PENALTY: the unframed weight relative to the score's, fitted on the score before the penalty;
-    and the reader's evidence score (app/read.py READER_WEIGHT, HYBRID_WEIGHT, BIAS) on its logit and the
-    score as retrieval gives it."""
+    and the reader's evidence score (app/read.py READER_WEIGHT, HYBRID_WEIGHT, FRAME_WEIGHT, BIAS) on its
+    logit, the score as retrieval gives it and the unframed flag."""
     raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
     frame = logistic(np.column_stack([raw, x[:, 1]]), y)
-    reader = logistic(x[:, [2, 0]], y)
+    reader = logistic(x[:, [2, 0, 1]], y)
     return {
         "candidates": len(y),
         "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2),
         "READER_WEIGHT": round(float(reader[0]), 3),
         "HYBRID_WEIGHT": round(float(reader[1]), 3),
-        "BIAS": round(float(reader[2]), 3),
+        "FRAME_WEIGHT": round(float(reader[2]), 3),
+        "BIAS": round(float(reader[3]), 3),
     }
