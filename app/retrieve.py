@@ -130,8 +130,12 @@ def retrieve(
         ),
         key=lambda kv: -kv[1],
     )
+    # Whether the question's names frame a sentence depends on its chunk alone: checked once per chunk.
+    loose: dict[int, bool] = {}
     for ev, coverage in zip(sentences, chunk_coverage, strict=True):
-        if unframed(snapshot, focus, ev):
+        if ev.chunk not in loose:
+            loose[ev.chunk] = bool(unframed(snapshot, focus, ev))
+        if loose[ev.chunk]:
             ev.score -= FRAME_PENALTY
         ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * coverage
     # What the last answer said is neither a follow-up's answer nor its closest material.
