@@ -13,7 +13,7 @@ import numpy as np
 
 from app.errors import ModelUnavailable
 from app.index import Snapshot
-from app.retrieve import Evidence, Retrieval, unframed
+from app.retrieve import Evidence, Retrieval
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
 # Question plus sentence, in word pieces, in training (app/train.py) and here; a sentence longer than that
@@ -116,8 +116,7 @@ def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> N
     pool = to_read(found, budget)
     texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
     for ev, logit in zip(pool, logits(reader.score(found.query, texts)), strict=True):
-        loose = bool(unframed(snapshot, found.focus, ev))
-        evidence = READER_WEIGHT * logit + HYBRID_WEIGHT * ev.score + FRAME_WEIGHT * loose + BIAS
+        evidence = READER_WEIGHT * logit + HYBRID_WEIGHT * ev.score + FRAME_WEIGHT * (not ev.framed) + BIAS
         ev.score = ev.rank = float(1 / (1 + np.exp(-evidence)))
     found.sentences = sorted(pool, key=lambda ev: -ev.score)
     found.timings_ms["read"] = (time.perf_counter() - started) * 1000

@@ -66,6 +66,8 @@ class Evidence:
     score: float
     chunk: int
     offers: bool = True
+    # Whether every name and figure of the question frames it (an unframed one loses FRAME_PENALTY).
+    framed: bool = True
     # Orders the sentences: the score plus the chunk's share of the query terms (CHUNK_COVERAGE_WEIGHT).
     rank: float = 0.0
 
@@ -130,13 +132,8 @@ def retrieve(
         ),
         key=lambda kv: -kv[1],
     )
-    # Whether the question's names frame a sentence depends on its chunk alone: checked once per chunk.
-    loose: dict[int, bool] = {}
+    _frame(snapshot, focus, sentences)
     for ev, coverage in zip(sentences, chunk_coverage, strict=True):
-        if ev.chunk not in loose:
-            loose[ev.chunk] = bool(unframed(snapshot, focus, ev))
-        if loose[ev.chunk]:
-            ev.score -= FRAME_PENALTY
         ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * coverage
     # What the last answer said is neither a follow-up's answer nor its closest material.
     sentences = sorted((ev for ev in sentences if ev.row not in said), key=lambda ev: -ev.rank)
@@ -247,6 +244,20 @@ def _judge(
         if ev.row in counting and not counting[ev.row] and ev.chunk in passages_counting:
             ev.offers = False
     return said
+
+
+def _frame(snapshot: Snapshot, focus: str, sentences: list[Evidence]) -> None:
+    """Mark each sentence framed or not by the question's names, and demote the unframed by FRAME_PENALTY.
+
+    Framing depends on the sentence's chunk alone, so it is checked once per chunk.
+    """
+    by_chunk: dict[int, bool] = {}
+    for ev in sentences:
+        if ev.chunk not in by_chunk:
+            by_chunk[ev.chunk] = not unframed(snapshot, focus, ev)
+        ev.framed = by_chunk[ev.chunk]
+        if not ev.framed:
+            ev.score -= FRAME_PENALTY
 
 
 def _proper(snapshot: Snapshot, doc: int) -> Callable[[str], bool]:

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     read_budget: int = 0
     # Abstain when no sentence that may answer scores this much. It must keep false abstention on the SQuAD
     # calibration articles within 5 % (`python -m evals.squad --calibrate`); this value does (any up to
-    # 0.378 does), and is the one citeqa had before the names check became a filter (README, "Abstention").
+    # 0.387 does), and is the one citeqa has used since before the reader work (README, "Abstention").
     abstain_threshold: float = 0.35
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from app.embed import Embedder
 from app.index import Snapshot
-from app.retrieve import FRAME_PENALTY, _judge, _score_sentences, content_terms, search, unframed
+from app.retrieve import FRAME_PENALTY, _frame, _judge, _score_sentences, content_terms, search
 from app.settings import Settings
 from app.split import terms
 
@@ -32,7 +32,7 @@ def examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per question with a gold sentence among its candidates: (score, chunk coverage) rows and labels, the
-    score demoted by FRAME_PENALTY where the question's names do not frame the sentence, as in retrieval."""
+    score judged and framed as retrieval does."""
     out = []
     for item in items:
         question = item["question"]
@@ -42,6 +42,7 @@ def examples(
         scored = content_terms(query_terms, question)
         sentences, coverage = _score_sentences(snapshot, vector, scored, candidates, set(query_terms))
         _judge(snapshot, question, question, sentences, frozenset())
+        _frame(snapshot, question, sentences)
         golds = [_norm(a) for a in item["answers"]]
         labels = np.array(
             [
@@ -52,8 +53,7 @@ def examples(
             dtype=float,
         )
         if labels.any():
-            scores = [ev.score - FRAME_PENALTY * bool(unframed(snapshot, question, ev)) for ev in sentences]
-            out.append((np.column_stack([scores, coverage]), labels))
+            out.append((np.column_stack([[ev.score for ev in sentences], coverage]), labels))
     return out
 
 
@@ -121,7 +121,7 @@ def candidate_examples(
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
         golds = [_norm(a) for a in item["answers"]]
         for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
-            rows.append((ev.score, float(bool(unframed(snapshot, found.focus, ev))), logit))
+            rows.append((ev.score, float(not ev.framed), logit))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
             )
