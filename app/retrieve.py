@@ -68,6 +68,8 @@ class Evidence:
     offers: bool = True
     # Whether every name and figure of the question frames it (an unframed one loses FRAME_PENALTY).
     framed: bool = True
+    # Its chunk's IDF-weighted coverage of the query terms (0 to 1).
+    coverage: float = 0.0
     # Orders the sentences: the score plus the chunk's share of the query terms (CHUNK_COVERAGE_WEIGHT).
     rank: float = 0.0
 
@@ -110,7 +112,7 @@ def retrieve(
     dense, lexical, candidates = search(snapshot, vector, query_terms, settings)
     t2 = time.perf_counter()
     timings["search"] = (t2 - t1) * 1000
-    sentences, chunk_coverage = _score_sentences(
+    sentences = _score_sentences(
         snapshot, vector, content_terms(query_terms, focus), candidates, set(terms(focus))
     )
     said = _judge(snapshot, focus, query, sentences, avoid)
@@ -133,8 +135,8 @@ def retrieve(
         key=lambda kv: -kv[1],
     )
     _frame(snapshot, focus, sentences)
-    for ev, coverage in zip(sentences, chunk_coverage, strict=True):
-        ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * coverage
+    for ev in sentences:
+        ev.rank = ev.score + CHUNK_COVERAGE_WEIGHT * ev.coverage
     # What the last answer said is neither a follow-up's answer nor its closest material.
     sentences = sorted((ev for ev in sentences if ev.row not in said), key=lambda ev: -ev.rank)
     timings["score"] = (time.perf_counter() - t2) * 1000
@@ -168,10 +170,10 @@ def _score_sentences(
     query_terms: list[str],
     candidates: list[tuple[int, float]],
     focus_terms: set[str],
-) -> tuple[list[Evidence], list[float]]:
-    """Every candidate sentence with its score, and the IDF-weighted query-term coverage of its chunk."""
+) -> list[Evidence]:
+    """Every candidate sentence with its score and the IDF-weighted query-term coverage of its chunk."""
     if not candidates:
-        return [], []
+        return []
     unique = set(query_terms)
     # A query word the corpus never uses is as informative as the rarest word it does use.
     ceiling = max(snapshot.idf.values(), default=1.0)
@@ -208,7 +210,9 @@ def _score_sentences(
             )
         )
     coverage = {pos: sum(weights[t] for t in words) / total for pos, words in seen.items()}
-    return out, [coverage[pos] for pos in owners]
+    for ev in out:
+        ev.coverage = coverage[ev.chunk]
+    return out
 
 
 def _judge(

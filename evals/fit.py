@@ -16,9 +16,8 @@ import numpy as np
 
 from app.embed import Embedder
 from app.index import Snapshot
-from app.retrieve import FRAME_PENALTY, _frame, _judge, _score_sentences, content_terms, search
+from app.retrieve import FRAME_PENALTY, retrieve
 from app.settings import Settings
-from app.split import terms
 
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
@@ -31,18 +30,11 @@ def _norm(text: str) -> str:
 def examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per question with a gold sentence among its candidates: (score, chunk coverage) rows and labels, the
-    score judged and framed as retrieval does."""
+    """Per question with a gold sentence among its candidates: (score, chunk coverage) rows of every sentence
+    retrieval scores, and labels."""
     out = []
     for item in items:
-        question = item["question"]
-        vector = embedder.encode_query(question)
-        query_terms = terms(question)
-        _, _, candidates = search(snapshot, vector, query_terms, settings)
-        scored = content_terms(query_terms, question)
-        sentences, coverage = _score_sentences(snapshot, vector, scored, candidates, set(query_terms))
-        _judge(snapshot, question, question, sentences, frozenset())
-        _frame(snapshot, question, sentences)
+        sentences = retrieve(snapshot, embedder, item["question"], settings).sentences
         golds = [_norm(a) for a in item["answers"]]
         labels = np.array(
             [
@@ -53,7 +45,7 @@ def examples(
             dtype=float,
         )
         if labels.any():
-            out.append((np.column_stack([[ev.score for ev in sentences], coverage]), labels))
+            out.append((np.array([(ev.score, ev.coverage) for ev in sentences]), labels))
     return out
 
 
@@ -111,7 +103,6 @@ def candidate_examples(
     """Every evidence candidate (the sentences the reader would score) of every question: (hybrid score,
     unframed, reader logit) rows and whether it holds a gold answer (never, for an unanswerable question)."""
     from app.read import BUDGET, get_reader, logits, to_read
-    from app.retrieve import retrieve
 
     reader = get_reader(settings.reader_dir)
     rows, labels = [], []
