@@ -19,23 +19,17 @@ MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
 # Question plus sentence, in word pieces, in training (app/train.py) and here; a sentence longer than that
 # is cut, its start kept.
 MAX_TOKENS = 96
-# The evidence score is the probability that a sentence holds the answer, from the reader's logit, the
-# hybrid score (the sentence alone cannot tell what "it" is; the hybrid score knows its chunk) and whether
-# the question's names leave the sentence unframed (the hybrid score's FRAME_PENALTY is sized for the
-# default evidence; this weighs the flag again beside the reader): a logistic regression fitted on every
-# reader candidate of the SQuAD calibration articles' questions, unanswerable ones included
-# (`python -m evals.squad --fit`).
-READER_WEIGHT = 0.66
-HYBRID_WEIGHT = 2.44
-FRAME_WEIGHT = -1.086
-BIAS = -2.809
-# Sentences scored per question when the reader is on (CITEQA_READ_BUDGET): on the SQuAD calibration
-# articles the evidence score picks an answer sentence first as often from the best 4 or 8 by the hybrid
-# rank as from 16, at half or a quarter of the cost; 8 keeps more of the question set's answers in reach.
-BUDGET = 8
-# The abstention threshold for that evidence score (CITEQA_ABSTAIN_THRESHOLD with the reader on), set as the
-# default one is (app/settings.py): `CITEQA_READ_BUDGET=8 python -m evals.squad --calibrate`.
-ABSTAIN_THRESHOLD = 0.040
+# The reader decides which sentence answers; whether any does stays with the hybrid score and the one
+# abstention threshold (app/settings.py): on the SQuAD calibration articles a fitted evidence score of the
+# reader's logit and the hybrid features abstained less than the hybrid score at the same false abstention
+# (README, "The reader"). The rank is a listwise logistic regression (each answerable question's
+# candidates, the answer sentences the target) of the reader's logit, the hybrid score, whether the
+# question's names leave the sentence unframed, and its chunk's coverage of the question, fitted on the
+# SQuAD calibration articles' questions (`python -m evals.squad --fit`).
+RANK_READER_WEIGHT = 0.418
+RANK_HYBRID_WEIGHT = 3.856
+RANK_FRAME_WEIGHT = 0.306
+RANK_COVERAGE_WEIGHT = 7.017
 # Pairs run together in one call of the model (see Reader.score).
 GROUP = 4
 
@@ -110,13 +104,21 @@ def to_read(found: Retrieval, budget: int) -> list[Evidence]:
 
 
 def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> None:
-    """Score the sentences `to_read` picks with the reader and turn each into its evidence score (see
-    READER_WEIGHT); the rest drop out, since only what the reader judged may be cited."""
+    """Score the sentences `to_read` picks with the reader and put them first, ranked by it (see
+    RANK_READER_WEIGHT); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
+    sentence the reader did not see may still join an answer as support or be shown as closest material."""
     started = time.perf_counter()
     pool = to_read(found, budget)
     texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
     for ev, logit in zip(pool, logits(reader.score(found.query, texts)), strict=True):
-        evidence = READER_WEIGHT * logit + HYBRID_WEIGHT * ev.score + FRAME_WEIGHT * (not ev.framed) + BIAS
-        ev.score = ev.rank = float(1 / (1 + np.exp(-evidence)))
-    found.sentences = sorted(pool, key=lambda ev: -ev.score)
+        ev.rank = float(
+            RANK_READER_WEIGHT * logit
+            + RANK_HYBRID_WEIGHT * ev.score
+            + RANK_FRAME_WEIGHT * (not ev.framed)
+            + RANK_COVERAGE_WEIGHT * ev.coverage
+        )
+    scored = {ev.row for ev in pool}
+    found.sentences = sorted(pool, key=lambda ev: -ev.rank) + [
+        ev for ev in found.sentences if ev.row not in scored
+    ]
     found.timings_ms["read"] = (time.perf_counter() - started) * 1000

@@ -1,17 +1,20 @@
 """Train citeqa's reader: a cross-encoder that scores (question, sentence) pairs, exported to ONNX.
 
 Run: `make reader READER_DATA=DIR` (`python -m app.train --data DIR`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
-named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, fine-tunes
-the first LAYERS layers of the packaged all-MiniLM-L6-v2 with a fresh one-logit head, and writes
-`models/reader/` (the int8 ONNX graph, its tokenizer and `metrics.json`). Fixed seeds; CPU only.
+named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, mines
+negatives from citeqa's own retrieval over some of them, fine-tunes the first LAYERS layers of the packaged
+all-MiniLM-L6-v2 with a fresh one-logit head, and writes `models/reader/` (the int8 ONNX graph, its
+tokenizer and `metrics.json`). Fixed seeds; CPU only.
 """
 
 import argparse
 import json
 import math
 import random
+import re
 import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -49,18 +52,29 @@ OTHER_NEGATIVES = 1
 # Words in more than this share of a file's sentences do not make a sentence a distractor.
 COMMON_SHARE = 0.02
 # Sentences of an unanswerable question's paragraph used as negatives, the most question-like first,
-# each weighted up: they are the only teacher of abstention, and a small share of the pairs.
+# each weighted up: the only pairs where the most question-like sentence is still no answer, and few.
 IMPOSSIBLE_NEGATIVES = 4
 IMPOSSIBLE_WEIGHT = 2.0
 # COVID-QA contexts are whole papers: negatives come from this many sentences either side of the answer.
 NEAR = 6
-BATCH = 32
+# Negatives mined from citeqa's own retrieval. MINED_FILES and the SQuAD training articles are indexed as
+# corpora, one document per paragraph, and each of their questions is asked of its corpus. Of the sentences
+# the reader would be given (app.read.to_read, at the default budget), the MINED_NEGATIVES best that hold
+# no gold answer's text join the question's negatives: the candidates it must rank below the answer in
+# use, from other paragraphs and articles as no paragraph-bound negative is.
+MINED_FILES = ("squadshifts-new-wiki.json",)
+MINED_NEGATIVES = 3
+# Questions per batch. Each answerable question's pairs are trained together, listwise (a softmax over
+# them, the answer sentences the target) as well as pointwise: retrieval hands the reader one question's
+# candidates to rank, and a pointwise loss alone never compares them with each other.
+GROUPS = 4
 LR = 5e-5
 WARMUP = 0.06
 DEV_QUESTIONS = 400
-# Pairs trained on, drawn at random from all of them (about 77,700): sized so that one epoch finishes in
-# well under an hour on a 2-core CPU (23 minutes, about 0.8 s a batch of 32).
-PAIRS = 52_000
+# Answerable questions trained on, drawn at random from all of them (about 17,000), each with its pairs;
+# every unanswerable one joins them. Sized so that mining and one epoch finish in well under an hour on a
+# 2-core CPU.
+QUESTIONS = 9_000
 
 
 @dataclass
@@ -85,11 +99,32 @@ def _overlap(question: set[str], sentence: str) -> int:
     return len(question.intersection(terms(sentence)))
 
 
-def pairs(paras: Iterable[dict[str, Any]], rng: random.Random) -> list[Pair]:
-    """Positives (sentences holding an answer start), hard, random and other-paragraph negatives, and
-    unanswerable negatives."""
+@dataclass
+class Group:
+    """One question's pairs. An answerable question's are trained listwise and pointwise; an unanswerable
+    one's, all negatives, pointwise only."""
+
+    question: str
+    pairs: list[Pair]
+
+    @property
+    def answerable(self) -> bool:
+        return any(p.label > 0 for p in self.pairs)
+
+    def add(self, more: Iterable[Pair]) -> None:
+        """Join pairs whose sentence the group does not hold yet."""
+        seen = {p.sentence for p in self.pairs}
+        for pair in more:
+            if pair.sentence not in seen:
+                seen.add(pair.sentence)
+                self.pairs.append(pair)
+
+
+def groups(paras: Iterable[dict[str, Any]], rng: random.Random) -> dict[str, Group]:
+    """Each question's group by its id: positives (sentences holding an answer start) with hard, random and
+    other-paragraph negatives, or an unanswerable question's negatives."""
     paras = list(paras)
-    out: list[Pair] = []
+    out: dict[str, Group] = {}
     others = _Distractors(paras)
     for number, para in enumerate(paras):
         context = para["context"]
@@ -99,17 +134,20 @@ def pairs(paras: Iterable[dict[str, Any]], rng: random.Random) -> list[Pair]:
         for qa in para["qas"]:
             question = qa["question"].strip()
             asked = set(terms(question))
+            group = Group(question, [])
             if qa.get("is_impossible"):
                 ranked = sorted(spans, key=lambda s: -_overlap(asked, context[s[0] : s[1]]))
-                for s, e in ranked[:IMPOSSIBLE_NEGATIVES]:
-                    out.append(Pair(question, context[s:e], 0.0, IMPOSSIBLE_WEIGHT))
+                group.add(
+                    Pair(question, context[s:e], 0.0, IMPOSSIBLE_WEIGHT)
+                    for s, e in ranked[:IMPOSSIBLE_NEGATIVES]
+                )
+                out[qa["id"]] = group
                 continue
             starts = {a["answer_start"] for a in qa["answers"]}
             hits = [i for i, (s, e) in enumerate(spans) if any(s <= a < e for a in starts)]
             if not hits:
                 continue
-            for i in hits:
-                out.append(Pair(question, context[spans[i][0] : spans[i][1]], 1.0))
+            group.add(Pair(question, context[spans[i][0] : spans[i][1]], 1.0) for i in hits)
             pool = [
                 i
                 for i in range(max(0, hits[0] - NEAR), min(len(spans), hits[-1] + NEAR + 1))
@@ -119,9 +157,10 @@ def pairs(paras: Iterable[dict[str, Any]], rng: random.Random) -> list[Pair]:
             chosen = hard[:HARD_NEGATIVES]
             rest = [i for i in pool if i not in chosen]
             chosen += rng.sample(rest, min(RANDOM_NEGATIVES, len(rest)))
-            out.extend(Pair(question, context[spans[i][0] : spans[i][1]], 0.0) for i in chosen)
+            group.add(Pair(question, context[spans[i][0] : spans[i][1]], 0.0) for i in chosen)
             golds = [a["text"].lower() for a in qa["answers"] if a["text"].strip()]
-            out.extend(Pair(question, text, 0.0) for text in others.near(asked, number, golds))
+            group.add(Pair(question, text, 0.0) for text in others.near(asked, number, golds))
+            out[qa["id"]] = group
     return out
 
 
@@ -158,15 +197,86 @@ class _Distractors:
         return out
 
 
-def training_pairs(data: Path, limit: int | None, seed: int = SEED) -> list[Pair]:
-    """Every training pair, shuffled with the fixed seed (and cut to `limit`)."""
+def write_corpus(
+    path: Path, folder: Path, articles: Iterable[str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write one file per paragraph of a SQuAD 2.0 JSON file (optionally of the named articles only);
+    return its (answerable, unanswerable) questions, each with its document id and gold answer texts."""
+    wanted = set(articles) if articles is not None else None
+    folder.mkdir(parents=True, exist_ok=True)
+    answerable: list[dict[str, Any]] = []
+    unanswerable: list[dict[str, Any]] = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        if wanted is not None and article.get("title") not in wanted:
+            continue
+        name = re.sub(r"[^a-z0-9]+", "-", article["title"].lower()).strip("-")
+        for i, para in enumerate(article["paragraphs"]):
+            stem = f"{name}-{i:03d}"
+            (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
+            for qa in para["qas"]:
+                item = {
+                    "id": qa["id"],
+                    "article": article["title"],
+                    "question": qa["question"],
+                    "doc_id": f"{stem}.txt",
+                    "answers": sorted({a["text"] for a in qa["answers"]}),
+                }
+                (unanswerable if qa.get("is_impossible") else answerable).append(item)
+    return answerable, unanswerable
+
+
+def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> dict[str, list[Pair]]:
+    """Negatives from citeqa's own retrieval (see MINED_NEGATIVES), by question id: the file's paragraphs
+    (optionally the named articles' only) are indexed under `work` and its questions asked of them. An
+    unanswerable question's are weighted as its paragraph's are."""
+    from app.embed import get_embedder
+    from app.index import Store
+    from app.read import to_read
+    from app.retrieve import retrieve
+    from app.settings import Settings
+    from ingest.build import ingest
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    embedder = get_embedder()
+    answerable, unanswerable = write_corpus(path, work / "corpus", articles)
+    budget = Settings.model_fields["read_budget"].default
+    settings = Settings(home=work / "index", corpus=work / "corpus", read_budget=budget)
+    ingest(work / "corpus", settings, embedder)
+    snapshot = Store(settings).open()
+    out: dict[str, list[Pair]] = {}
+    for item in answerable + unanswerable:
+        found = retrieve(snapshot, embedder, item["question"], settings)
+        golds = [norm(a) for a in item["answers"] if a.strip()]
+        texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in to_read(found, budget)]
+        wrong = [t for t in texts if not any(g in norm(t) for g in golds)][:MINED_NEGATIVES]
+        weight = 1.0 if golds else IMPOSSIBLE_WEIGHT
+        out[item["id"]] = [Pair(item["question"], t, 0.0, weight) for t in wrong]
+    print(f"mined {path.name}: {len(out)} questions", file=log, flush=True)
+    return out
+
+
+def training_groups(data: Path, limit: int | None, seed: int = SEED, log: Any = sys.stdout) -> list[Group]:
+    """The training questions in a fixed-seed order: `limit` answerable ones drawn at random (all when
+    None) and every unanswerable one, each with its mined negatives where its file is mined."""
     rng = random.Random(seed)
-    out: list[Pair] = []
-    for name in DATA_FILES:
-        out.extend(pairs(paragraphs(data / name), rng))
-    out.extend(pairs(paragraphs(SQUAD, TRAIN_ARTICLES), rng))
+    sources: list[tuple[Path, Iterable[str] | None]] = [(data / name, None) for name in DATA_FILES]
+    sources.append((SQUAD, TRAIN_ARTICLES))
+    found: list[Group] = []
+    with tempfile.TemporaryDirectory(prefix="citeqa-mine-") as work:
+        for number, (path, articles) in enumerate(sources):
+            by_id = groups(paragraphs(path, articles), rng)
+            if path.name in MINED_FILES or path == SQUAD:
+                for qid, negatives in mined(path, articles, Path(work) / str(number), log).items():
+                    if qid in by_id:
+                        by_id[qid].add(negatives)
+            found.extend(by_id.values())
+    answerable = [g for g in found if g.answerable]
+    rng.shuffle(answerable)
+    out = answerable[:limit] + [g for g in found if not g.answerable]
     rng.shuffle(out)
-    return out[:limit] if limit else out
+    return out
 
 
 def tokenizer(source: Path, max_tokens: int = MAX_TOKENS) -> Any:
@@ -179,29 +289,49 @@ def tokenizer(source: Path, max_tokens: int = MAX_TOKENS) -> Any:
     return tok
 
 
-def batches(tok: Any, examples: list[Pair], size: int, rng: random.Random) -> list[dict[str, np.ndarray]]:
-    """Length-bucketed batches in random order: each batch pads to nearly its own length."""
-    lengths = [len(p.question) + len(p.sentence) for p in examples]
+def batches(tok: Any, examples: list[Group], size: int, rng: random.Random) -> list[dict[str, np.ndarray]]:
+    """Batches of `size` questions, bucketed by length and in random order: each batch pads to nearly its
+    own length. `group` numbers each row's question within its batch."""
+    lengths = [sum(len(p.question) + len(p.sentence) for p in g.pairs) / len(g.pairs) for g in examples]
     order = sorted(range(len(examples)), key=lambda i: lengths[i])
-    groups = [order[i : i + size] for i in range(0, len(order), size)]
-    rng.shuffle(groups)
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(chunks)
     out: list[dict[str, np.ndarray]] = []
-    for rows in groups:
-        enc = tok.encode_batch([(examples[i].question, examples[i].sentence) for i in rows])
+    for chunk in chunks:
+        rows = [(n, pair) for n, i in enumerate(chunk) for pair in examples[i].pairs]
+        enc = tok.encode_batch([(p.question, p.sentence) for _, p in rows])
         out.append(
             {
                 "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
                 "token_type_ids": np.asarray([e.type_ids for e in enc], dtype=np.int64),
-                "labels": np.asarray([examples[i].label for i in rows], dtype=np.float32),
-                "weights": np.asarray([examples[i].weight for i in rows], dtype=np.float32),
+                "labels": np.asarray([p.label for _, p in rows], dtype=np.float32),
+                "weights": np.asarray([p.weight for _, p in rows], dtype=np.float32),
+                "group": np.asarray([n for n, _ in rows], dtype=np.int64),
             }
         )
     return out
 
 
-def train(source: Path, examples: list[Pair], layers: int, epochs: float, seed: int, log: Any) -> Any:
-    """Fine-tune the first `layers` layers with a fresh head on weighted binary cross-entropy."""
+def loss(logits: Any, batch: dict[str, np.ndarray]) -> Any:
+    """Weighted binary cross-entropy over every pair, plus the mean over answerable questions of the
+    softmax cross-entropy of their pairs, with the target spread evenly over the answer sentences."""
+    import torch
+
+    labels, weights = torch.from_numpy(batch["labels"]), torch.from_numpy(batch["weights"])
+    pointwise = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    total = (pointwise * weights).sum() / weights.sum()
+    listwise = []
+    for n in np.unique(batch["group"]):
+        rows = torch.from_numpy(np.flatnonzero(batch["group"] == n))
+        target = labels[rows]
+        if target.sum() > 0:
+            listwise.append(torch.logsumexp(logits[rows], 0) - (target * logits[rows]).sum() / target.sum())
+    return total + torch.stack(listwise).mean() if listwise else total
+
+
+def train(source: Path, examples: list[Group], layers: int, epochs: float, seed: int, log: Any) -> Any:
+    """Fine-tune the first `layers` layers with a fresh head on `loss`."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as transformers_logging
@@ -214,7 +344,7 @@ def train(source: Path, examples: list[Pair], layers: int, epochs: float, seed: 
     )
     model.train()
     rng = random.Random(seed)
-    plan = batches(tokenizer(source), examples, BATCH, rng)
+    plan = batches(tokenizer(source), examples, GROUPS, rng)
     steps = max(1, int(len(plan) * epochs))
     plan = (plan * math.ceil(epochs))[:steps]
     optimiser = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
@@ -222,19 +352,17 @@ def train(source: Path, examples: list[Pair], layers: int, epochs: float, seed: 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     started, running = time.perf_counter(), 0.0
     for step, batch in enumerate(plan, 1):
         feed = {k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
         logits = model(**feed).logits.squeeze(-1)
-        weights = torch.from_numpy(batch["weights"])
-        loss = (loss_fn(logits, torch.from_numpy(batch["labels"])) * weights).sum() / weights.sum()
-        loss.backward()
+        value = loss(logits, batch)
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         schedule.step()
         optimiser.zero_grad()
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        running = 0.98 * running + 0.02 * value.item() if step > 1 else value.item()
         if step % 50 == 0 or step == steps:
             elapsed = time.perf_counter() - started
             print(
@@ -311,7 +439,7 @@ def precision_at_1(model_file: Path, source: Path, questions: list[tuple[str, li
     return right / max(1, len(questions))
 
 
-def build(source: Path, examples: list[Pair], layers: int, epochs: float, out: Path, log: Any) -> Path:
+def build(source: Path, examples: list[Group], layers: int, epochs: float, out: Path, log: Any) -> Path:
     """Train, export and quantise into `out` (with the tokenizer beside the model); return the int8 file."""
     model = train(source, examples, layers, epochs, SEED, log)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, required=True, help="folder of the QA files models/reader/README.md lists"
     )
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--limit", type=int, default=PAIRS, help="train on at most this many pairs")
+    parser.add_argument(
+        "--limit", type=int, default=QUESTIONS, help="train on at most this many answerable questions"
+    )
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--dev", type=int, default=DEV_QUESTIONS, help="held-out QED questions measured")
@@ -341,15 +471,22 @@ def main(argv: list[str] | None = None) -> int:
 
     source = model_path()
     started = time.perf_counter()
-    examples = training_pairs(args.data, args.limit)
-    positives = sum(p.label > 0 for p in examples)
-    print(f"{len(examples)} pairs ({positives} positive)", flush=True)
+    examples = training_groups(args.data, args.limit)
+    answerable = sum(g.answerable for g in examples)
+    pairs = sum(len(g.pairs) for g in examples)
+    positives = sum(p.label > 0 for g in examples for p in g.pairs)
+    print(
+        f"{len(examples)} questions ({answerable} answerable), {pairs} pairs ({positives} positive)",
+        flush=True,
+    )
     int8 = build(source, examples, args.layers, args.epochs, args.out, sys.stdout)
     minutes = (time.perf_counter() - started) / 60
     dev = dev_questions(args.data, args.dev)
     held_out = held_out_questions()
     metrics = {
-        "pairs": len(examples),
+        "questions": len(examples),
+        "answerable_questions": answerable,
+        "pairs": pairs,
         "positives": positives,
         "layers": args.layers,
         "epochs": args.epochs,

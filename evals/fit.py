@@ -3,10 +3,10 @@
 CHUNK_COVERAGE_WEIGHT orders sentences only, so it comes from a listwise logistic regression (a softmax
 over each answerable question's candidate sentences, with the target spread evenly over the sentences
 that contain a gold answer) of two features: the sentence's score and its chunk's IDF-weighted coverage
-of the question's terms; the constant is the coverage weight relative to the score's. FRAME_PENALTY and
-the reader's weights change the score, which also decides abstention, so they come from pointwise
-logistic regressions over every candidate of every question, unanswerable ones included. Newton's method
-in numpy: deterministic for a given sample.
+of the question's terms; the constant is the coverage weight relative to the score's. The reader's rank
+weights are fitted listwise too, over the candidates the reader scores. FRAME_PENALTY changes the score,
+which also decides abstention, so it comes from a pointwise logistic regression over every candidate of
+every question, unanswerable ones included. Newton's method in numpy: deterministic for a given sample.
 """
 
 import re
@@ -99,24 +99,26 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
 
 def candidate_examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every evidence candidate (the sentences the reader would score) of every question: (hybrid score,
-    unframed, reader logit) rows and whether it holds a gold answer (never, for an unanswerable question)."""
-    from app.read import BUDGET, get_reader, logits, to_read
+    unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for an unanswerable
+    question), and the number of its question."""
+    from app.read import get_reader, logits, to_read
 
     reader = get_reader(settings.reader_dir)
-    rows, labels = [], []
-    for item in items:
+    rows, labels, question = [], [], []
+    for number, item in enumerate(items):
         found = retrieve(snapshot, embedder, item["question"], settings)
-        pool = to_read(found, settings.read_budget or BUDGET)
+        pool = to_read(found, settings.read_budget)
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
         golds = [_norm(a) for a in item["answers"]]
         for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
-            rows.append((ev.score, float(not ev.framed), logit))
+            rows.append((ev.score, float(not ev.framed), logit, ev.coverage))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
             )
-    return np.array(rows), np.array(labels, dtype=float)
+            question.append(number)
+    return np.array(rows), np.array(labels, dtype=float), np.array(question)
 
 
 def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -134,18 +136,19 @@ def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w
 
 
-def fit_evidence(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """FRAME_PENALTY: the unframed weight relative to the score's, fitted on the score before the penalty;
-    and the reader's evidence score (app/read.py READER_WEIGHT, HYBRID_WEIGHT, FRAME_WEIGHT, BIAS) on its
-    logit, the score as retrieval gives it and the unframed flag."""
+def fit_candidates(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:
+    """FRAME_PENALTY: the unframed weight relative to the score's, fitted pointwise on the score before the
+    penalty; and the reader's rank (app/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the
+    unframed flag and the chunk coverage, listwise over each question whose candidates hold a gold answer."""
     raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
     frame = logistic(np.column_stack([raw, x[:, 1]]), y)
-    reader = logistic(x[:, [2, 0, 1]], y)
+    ranked = [(x[question == n][:, [2, 0, 1, 3]], y[question == n]) for n in np.unique(question)]
+    rank = rank_weights([(z, t) for z, t in ranked if t.any()])
     return {
         "candidates": len(y),
         "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2),
-        "READER_WEIGHT": round(float(reader[0]), 3),
-        "HYBRID_WEIGHT": round(float(reader[1]), 3),
-        "FRAME_WEIGHT": round(float(reader[2]), 3),
-        "BIAS": round(float(reader[3]), 3),
+        "RANK_READER_WEIGHT": round(float(rank[0]), 3),
+        "RANK_HYBRID_WEIGHT": round(float(rank[1]), 3),
+        "RANK_FRAME_WEIGHT": round(float(rank[2]), 3),
+        "RANK_COVERAGE_WEIGHT": round(float(rank[3]), 3),
     }

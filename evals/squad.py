@@ -3,7 +3,8 @@
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
 The questions come from the evaluation articles only (app/train.py splits the articles by use).
 `--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
-sentence ranker's chunk-coverage weight on that same sample and prints it (see evals/fit.py).
+sentence ranker's chunk-coverage weight, FRAME_PENALTY and the reader's rank weights on that same sample and
+prints them (see evals/fit.py).
 """
 
 import argparse
@@ -27,7 +28,7 @@ from app.read import get_reader, read
 from app.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
-from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES
+from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES, write_corpus
 from evals import metrics
 from ingest.build import ingest
 
@@ -37,29 +38,6 @@ NO_EVIDENCE = -np.inf
 # The abstention threshold is set where this share of the calibration articles' answerable questions
 # abstain (--calibrate): the bound on false abstention citeqa aims for.
 TARGET_FALSE_ABSTENTION = 0.05
-
-
-def write_corpus(split: Path, folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write one file per paragraph; return (answerable, unanswerable) questions with their document id."""
-    data = json.loads(split.read_text())["data"]
-    folder.mkdir(parents=True, exist_ok=True)
-    answerable: list[dict[str, Any]] = []
-    unanswerable: list[dict[str, Any]] = []
-    for article in data:
-        name = re.sub(r"[^a-z0-9]+", "-", article["title"].lower()).strip("-")
-        for i, para in enumerate(article["paragraphs"]):
-            stem = f"{name}-{i:03d}"
-            (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
-            for qa in para["qas"]:
-                item = {
-                    "id": qa["id"],
-                    "article": article["title"],
-                    "question": qa["question"],
-                    "doc_id": f"{stem}.txt",
-                    "answers": sorted({a["text"] for a in qa["answers"]}),
-                }
-                (unanswerable if qa["is_impossible"] else answerable).append(item)
-    return answerable, unanswerable
 
 
 def _norm(text: str) -> str:
@@ -219,13 +197,13 @@ def fit_scorer(
     settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the answerable questions, and the
-    evidence constants (FRAME_PENALTY, the reader's weights in app/read.py) on all of them."""
-    from evals.fit import candidate_examples, examples, fit, fit_evidence
+    FRAME_PENALTY and the reader's rank weights (app/read.py) on all of them."""
+    from evals.fit import candidate_examples, examples, fit, fit_candidates
 
     snapshot, embedder = Store(settings).open(), get_embedder()
     return {
         **fit(examples(snapshot, embedder, settings, answerable)),
-        **fit_evidence(*candidate_examples(snapshot, embedder, settings, answerable + unanswerable)),
+        **fit_candidates(*candidate_examples(snapshot, embedder, settings, answerable + unanswerable)),
     }
 
 

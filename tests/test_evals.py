@@ -20,7 +20,7 @@ from app.retrieve import CHUNK_COVERAGE_WEIGHT
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
 from evals import metrics, report, squad
-from evals.fit import fit
+from evals.fit import fit, fit_candidates
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
 
@@ -54,6 +54,28 @@ def test_fit_is_wired_to_the_committed_constant() -> None:
     # so here only the wiring is checked: the printed key names the constant.
     assert "CHUNK_COVERAGE_WEIGHT" in fit([(np.eye(2), np.array([1.0, 0.0]))] * 3)
     assert 0 < CHUNK_COVERAGE_WEIGHT < 2
+
+
+def test_reader_fit_ranks_listwise_on_answerable_questions_only() -> None:
+    rng = np.random.default_rng(11)
+    rows, labels, question = [], [], []
+    for number in range(400):
+        # (score, unframed, logit, coverage); answers drawn from a softmax over 1.5 * logit + 1 * coverage.
+        x = np.column_stack(
+            [rng.normal(size=8), rng.integers(0, 2, 8), rng.normal(size=8), rng.normal(size=8)]
+        )
+        y = np.zeros(8)
+        if number % 4:  # every fourth question is unanswerable: no gold among its candidates
+            p = np.exp(x @ np.array([0.0, 0.0, 1.5, 1.0]))
+            y[rng.choice(8, p=p / p.sum())] = 1.0
+        rows.append(x)
+        labels.append(y)
+        question += [number] * 8
+    result = fit_candidates(np.vstack(rows), np.concatenate(labels), np.array(question))
+    assert result["candidates"] == 3200
+    assert result["RANK_COVERAGE_WEIGHT"] / result["RANK_READER_WEIGHT"] == pytest.approx(1 / 1.5, abs=0.15)
+    assert abs(result["RANK_HYBRID_WEIGHT"]) < 0.3 and abs(result["RANK_FRAME_WEIGHT"]) < 0.3
+    assert "FRAME_PENALTY" in result
 
 
 # --- metric functions -------------------------------------------------------------------------------

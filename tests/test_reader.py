@@ -11,8 +11,21 @@ import pytest
 
 from app.answer import ask
 from app.errors import ModelUnavailable
-from app.read import ABSTAIN_THRESHOLD, BUDGET, MODEL_DIR, Reader, get_reader
-from app.train import SQUAD, TRAIN_ARTICLES, Pair, build, held_out_questions, pairs, paragraphs
+from app.read import MODEL_DIR, Reader, get_reader
+from app.train import (
+    SQUAD,
+    TRAIN_ARTICLES,
+    Group,
+    Pair,
+    batches,
+    build,
+    groups,
+    held_out_questions,
+    loss,
+    mined,
+    paragraphs,
+    tokenizer,
+)
 from tests.conftest import ROOT
 
 
@@ -47,16 +60,14 @@ def test_committed_model_finds_the_answer_sentence_in_held_out_squad_paragraphs(
 
 
 def test_answers_with_the_reader_on_keep_their_citations_exact(seed_snapshot, embedder, seed_settings):
-    settings = seed_settings.model_copy(
-        update={"read_budget": BUDGET, "abstain_threshold": ABSTAIN_THRESHOLD}
-    )
-    answer = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", settings)
-    assert "read" in answer.timings_ms
+    question = "How many agency staff had senior managers recruited?"
+    answer = ask(seed_snapshot, embedder, question, seed_settings)
+    assert seed_settings.read_budget > 0 and "read" in answer.timings_ms
     assert answer.citations
     for c in answer.citations:
         assert seed_snapshot.docs[c.doc_id].text[c.start : c.end] == c.quote
         assert 0 <= c.score <= 1
-    off = ask(seed_snapshot, embedder, "How many agency staff had senior managers recruited?", seed_settings)
+    off = ask(seed_snapshot, embedder, question, seed_settings.model_copy(update={"read_budget": 0}))
     assert "read" not in off.timings_ms
 
 
@@ -68,53 +79,115 @@ def test_reader_refuses_a_missing_or_damaged_model(tmp_path):
         Reader(tmp_path / "reader.onnx", MODEL_DIR / "tokenizer.json")
 
 
-def test_pairs_label_answer_sentences_and_every_sentence_of_unanswerable_questions():
+def test_groups_label_answer_sentences_and_every_sentence_of_unanswerable_questions():
     context = "Alpha is a city. It lies on a river called Beta. Gamma is its mayor. Delta is far away."
     para = {
         "context": context,
         "qas": [
             {
+                "id": "a",
                 "question": "Which river is Alpha on?",
                 "is_impossible": False,
                 "answers": [{"text": "Beta", "answer_start": context.index("Beta")}],
             },
-            {"question": "Who founded Alpha?", "is_impossible": True, "answers": []},
+            {"id": "b", "question": "Who founded Alpha?", "is_impossible": True, "answers": []},
         ],
     }
-    out = pairs([para], random.Random(0))
-    answerable = [p for p in out if p.question.startswith("Which")]
+    out = groups([para], random.Random(0))
+    answerable = out["a"].pairs
+    assert out["a"].answerable and not out["b"].answerable
     assert [p.sentence for p in answerable if p.label == 1.0] == ["It lies on a river called Beta."]
     assert len([p for p in answerable if p.label == 0.0]) == 3
-    impossible = [p for p in out if p.question.startswith("Who")]
+    impossible = out["b"].pairs
     assert impossible and all(p.label == 0.0 and p.weight > 1 for p in impossible)
 
 
-def test_pairs_take_a_distractor_from_another_paragraph_but_never_one_holding_the_answer():
+def _three_paragraphs() -> list[dict]:
     first = "Alpha is a city. It lies on a river called Beta. Gamma is its mayor."
-    paras = [
+    return [
         {
             "context": first,
             "qas": [
                 {
+                    "id": "a",
                     "question": "Which river flows by the Alpha museum in spring?",
                     "is_impossible": False,
                     "answers": [{"text": "Beta", "answer_start": first.index("Beta")}],
-                }
+                },
+                {
+                    "id": "b",
+                    "question": "Which sea does the Alpha river reach?",
+                    "is_impossible": True,
+                    "answers": [],
+                },
             ],
         },
         {"context": "The river Beta floods Alpha in spring. Alpha has a river museum.", "qas": []},
         {"context": "Omega is a town. Its river is small.", "qas": []},
     ]
-    negatives = [p.sentence for p in pairs(paras, random.Random(0)) if p.label == 0.0]
+
+
+def test_groups_take_a_distractor_from_another_paragraph_but_never_one_holding_the_answer():
+    negatives = [
+        p.sentence for p in groups(_three_paragraphs(), random.Random(0))["a"].pairs if p.label == 0.0
+    ]
     assert "Alpha has a river museum." in negatives
     assert "The river Beta floods Alpha in spring." not in negatives
+
+
+def test_mined_negatives_come_from_retrieval_and_never_hold_the_answer(tmp_path):
+    source = tmp_path / "tiny.json"
+    source.write_text(json.dumps({"data": [{"title": "Alpha", "paragraphs": _three_paragraphs()}]}))
+    log = io.StringIO()
+    out = mined(source, None, tmp_path / "work", log)
+    assert "Alpha has a river museum." in [p.sentence for p in out["a"]]
+    assert all("Beta" not in p.sentence for p in out["a"]) and 0 < len(out["a"]) <= 3
+    assert out["b"] and all(p.weight > 1 for p in out["b"])
+    assert all(p.label == 0.0 for pairs in out.values() for p in pairs)
+    assert "mined tiny.json: 2 questions" in log.getvalue()
+
+
+def test_group_keeps_one_pair_per_sentence():
+    group = Group("Q?", [Pair("Q?", "A.", 1.0)])
+    group.add([Pair("Q?", "A.", 0.0), Pair("Q?", "B.", 0.0), Pair("Q?", "B.", 0.0)])
+    assert [(p.sentence, p.label) for p in group.pairs] == [("A.", 1.0), ("B.", 0.0)]
+
+
+def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_question():
+    import torch
+
+    from app.embed import model_path
+
+    answerable = Group(
+        "Which river?", [Pair("Which river?", "The Calder.", 1.0), Pair("Which river?", "A town.", 0.0)]
+    )
+    unanswerable = Group("Who?", [Pair("Who?", "A city.", 0.0, 2.0), Pair("Who?", "A mayor.", 0.0, 2.0)])
+    [batch] = batches(tokenizer(model_path()), [answerable, unanswerable], 2, random.Random(0))
+    labels, weights = torch.from_numpy(batch["labels"]), torch.from_numpy(batch["weights"])
+    positive = int(np.flatnonzero(batch["labels"] == 1.0)[0])
+    [negative] = [i for i in np.flatnonzero(batch["group"] == batch["group"][positive]) if i != positive]
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    pointwise = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels, weight=weights, reduction="sum"
+    )
+    listwise = torch.logsumexp(logits[[positive, negative]], 0) - logits[positive]
+    assert float(loss(logits, batch)) == pytest.approx(float(pointwise / weights.sum() + listwise), rel=1e-5)
+    # Raising the answer above its own question's negative lowers the loss.
+    raised = logits.clone()
+    raised[positive] += 1.0
+    assert float(loss(raised, batch)) < float(loss(logits, batch))
+    # A batch of unanswerable questions only has no listwise term.
+    [alone] = batches(tokenizer(model_path()), [unanswerable], 1, random.Random(0))
+    two = torch.tensor([0.5, -0.5])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(two, torch.zeros(2))
+    assert float(loss(two, alone)) == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.slow
 def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
     from app.embed import model_path
 
-    examples: list[Pair] = pairs(paragraphs(SQUAD, TRAIN_ARTICLES[:1]), random.Random(0))[:64]
+    examples = list(groups(paragraphs(SQUAD, TRAIN_ARTICLES[:1]), random.Random(0)).values())[:8]
     log = io.StringIO()
     model = build(model_path(), examples, layers=1, epochs=1.0, out=tmp_path, log=log)
     assert "step 2/2" in log.getvalue()
