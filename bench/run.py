@@ -21,9 +21,10 @@ import yaml
 from app.embed import get_embedder
 from app.index import Store
 from app.settings import Settings
+from app.train import write_corpus
 from bench import ingest_speed, report, serve, starter, synth
 from bench.watch import Background, RssSampler, wait_quiet
-from evals.squad import SPLIT, write_corpus
+from evals.squad import SPLIT
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_CORPUS = ROOT / "corpus"
@@ -165,25 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-50k", action="store_true", help="leave out the synthetic 50k-chunk corpus")
     parser.add_argument("--requests", type=int, default=0, help="measured requests per route and corpus")
     parser.add_argument(
-        "--reader",
-        action="store_true",
-        help="serve with the trained reader on (CITEQA_READ_BUDGET=8 and its calibrated threshold)",
+        "--no-reader", action="store_true", help="serve with the reader off (CITEQA_READ_BUDGET=0)"
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="results file (default bench/results.json, with --reader bench/results-reader.json; --quick: bench/cache/results-quick.json)",
+        help="results file (default bench/results.json, with --no-reader bench/results-no-reader.json; --quick: bench/cache/results-quick.json)",
     )
     args = parser.parse_args(argv)
-    if args.reader:
-        from app.read import ABSTAIN_THRESHOLD, BUDGET
-
-        serve.SERVER_SETTINGS.update(
-            CITEQA_READ_BUDGET=str(BUDGET), CITEQA_ABSTAIN_THRESHOLD=str(ABSTAIN_THRESHOLD)
-        )
+    if args.no_reader:
+        serve.SERVER_SETTINGS.update(CITEQA_READ_BUDGET="0")
     p = plan(args)
-    default = "results-reader.json" if args.reader else "results.json"
+    default = "results-no-reader.json" if args.no_reader else "results.json"
     out = args.out or (synth.CACHE / "results-quick.json" if args.quick else ROOT / "bench" / default)
     results: dict[str, Any] = {
         "mode": p.mode,
@@ -192,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg": {"start": round(os.getloadavg()[0], 2)},
         "plan": p.__dict__,
         "reader": dict(serve.SERVER_SETTINGS),
+        # What the server reads: its environment is this process's with SERVER_SETTINGS on top.
+        "read_budget": int(serve.SERVER_SETTINGS.get("CITEQA_READ_BUDGET", Settings().read_budget)),
         "corpora": {},
         "ingest": {},
         "query": {},
