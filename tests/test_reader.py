@@ -11,7 +11,8 @@ import pytest
 
 from app.answer import ask
 from app.errors import ModelUnavailable
-from app.read import MODEL_DIR, Reader, get_reader
+from app.read import MODEL_DIR, Reader, get_reader, read, to_read
+from app.retrieve import retrieve
 from app.train import (
     SQUAD,
     TRAIN_ARTICLES,
@@ -69,6 +70,21 @@ def test_answers_with_the_reader_on_keep_their_citations_exact(seed_snapshot, em
         assert 0 <= c.score <= 1
     off = ask(seed_snapshot, embedder, question, seed_settings.model_copy(update={"read_budget": 0}))
     assert "read" not in off.timings_ms
+
+
+def test_read_puts_its_ranked_pool_first_and_keeps_every_sentence_and_score(
+    seed_snapshot, embedder, seed_settings
+):
+    found = retrieve(seed_snapshot, embedder, "When did the focused visit take place?", seed_settings)
+    before = {ev.row: ev.score for ev in found.sentences}
+    pool = {ev.row for ev in to_read(found, seed_settings.read_budget)}
+    assert 0 < len(pool) < len(before)
+    read(get_reader(), seed_snapshot, found, seed_settings.read_budget)
+    # Nothing dropped and no score changed: abstention and support see what they would without the reader.
+    assert {ev.row: ev.score for ev in found.sentences} == before and len(found.sentences) == len(before)
+    head = found.sentences[: len(pool)]
+    assert {ev.row for ev in head} == pool
+    assert [ev.rank for ev in head] == sorted((ev.rank for ev in head), reverse=True)
 
 
 def test_reader_refuses_a_missing_or_damaged_model(tmp_path):
