@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:32s} {value:.3f}" if isinstance(value, float) else f"{key:32s} {value}")
         print(f"written to {args.out}")
         return 0
+    if args.fit and not Settings().read_budget:
+        print("citeqa: --fit fits the reader's rank too; unset CITEQA_READ_BUDGET=0", file=sys.stderr)
+        return 2
     with indexed(args.home) as (settings, answerable, unanswerable):
         calibration = of_articles(CALIBRATION_ARTICLES, answerable, unanswerable)
         if args.fit:

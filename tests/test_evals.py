@@ -307,6 +307,14 @@ def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
         squad.benchmark(tmp_path / "home")
 
 
+def test_fit_with_the_reader_off_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CITEQA_READ_BUDGET", "0")
+    assert squad.main(["--fit"]) == 2
+    assert "CITEQA_READ_BUDGET=0" in capsys.readouterr().err
+
+
 def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
     assert squad.SPLIT.is_relative_to(ROOT / "evals" / "data") and squad.SPLIT.is_file()
     assert "CC BY-SA 4.0" in (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
