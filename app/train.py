@@ -225,6 +225,12 @@ def write_corpus(
     return answerable, unanswerable
 
 
+def holds_answer(text: str, answers: Iterable[str]) -> bool:
+    """Whether `text` contains one of the gold answer texts, case and spacing aside."""
+    squashed = " ".join(text.lower().split())
+    return any(" ".join(a.lower().split()) in squashed for a in answers if a.strip())
+
+
 def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> dict[str, list[Pair]]:
     """Negatives from citeqa's own retrieval (see MINED_NEGATIVES), by question id: the file's paragraphs
     (optionally the named articles' only) are indexed under `work` and its questions asked of them. An
@@ -236,9 +242,6 @@ def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> d
     from app.settings import Settings
     from ingest.build import ingest
 
-    def norm(text: str) -> str:
-        return " ".join(text.lower().split())
-
     embedder = get_embedder()
     answerable, unanswerable = write_corpus(path, work / "corpus", articles)
     budget = Settings.model_fields["read_budget"].default
@@ -246,12 +249,10 @@ def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> d
     ingest(work / "corpus", settings, embedder)
     snapshot = Store(settings).open()
     out: dict[str, list[Pair]] = {}
-    for item in answerable + unanswerable:
+    for item, weight in [(i, 1.0) for i in answerable] + [(i, IMPOSSIBLE_WEIGHT) for i in unanswerable]:
         found = retrieve(snapshot, embedder, item["question"], settings)
-        golds = [norm(a) for a in item["answers"] if a.strip()]
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in to_read(found, budget)]
-        wrong = [t for t in texts if not any(g in norm(t) for g in golds)][:MINED_NEGATIVES]
-        weight = 1.0 if golds else IMPOSSIBLE_WEIGHT
+        wrong = [t for t in texts if not holds_answer(t, item["answers"])][:MINED_NEGATIVES]
         out[item["id"]] = [Pair(item["question"], t, 0.0, weight) for t in wrong]
     print(f"mined {path.name}: {len(out)} questions", file=log, flush=True)
     return out

@@ -9,7 +9,6 @@ which also decides abstention, so it comes from a pointwise logistic regression 
 every question, unanswerable ones included. Newton's method in numpy: deterministic for a given sample.
 """
 
-import re
 from typing import Any
 
 import numpy as np
@@ -18,13 +17,10 @@ from app.embed import Embedder
 from app.index import Snapshot
 from app.retrieve import FRAME_PENALTY, retrieve
 from app.settings import Settings
+from app.train import holds_answer
 
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower()).strip()
 
 
 def examples(
@@ -35,11 +31,10 @@ def examples(
     out = []
     for item in items:
         sentences = retrieve(snapshot, embedder, item["question"], settings).sentences
-        golds = [_norm(a) for a in item["answers"]]
         labels = np.array(
             [
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"]
-                and any(g in _norm(snapshot.doc_list[ev.doc].text[ev.start : ev.end]) for g in golds)
+                and holds_answer(snapshot.doc_list[ev.doc].text[ev.start : ev.end], item["answers"])
                 for ev in sentences
             ],
             dtype=float,
@@ -111,11 +106,10 @@ def candidate_examples(
         found = retrieve(snapshot, embedder, item["question"], settings)
         pool = to_read(found, settings.read_budget)
         texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
-        golds = [_norm(a) for a in item["answers"]]
         for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
             rows.append((ev.score, float(not ev.framed), logit, ev.coverage))
             labels.append(
-                snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and any(g in _norm(text) for g in golds)
+                snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and holds_answer(text, item["answers"])
             )
             question.append(number)
     return np.array(rows), np.array(labels, dtype=float), np.array(question)

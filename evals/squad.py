@@ -9,7 +9,6 @@ prints them (see evals/fit.py).
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from app.read import get_reader, read
 from app.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
-from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES, write_corpus
+from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES, holds_answer, write_corpus
 from evals import metrics
 from ingest.build import ingest
 
@@ -38,10 +37,6 @@ NO_EVIDENCE = -np.inf
 # The abstention threshold is set where this share of the calibration articles' answerable questions
 # abstain (--calibrate): the bound on false abstention citeqa aims for.
 TARGET_FALSE_ABSTENTION = 0.05
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower()).strip()
 
 
 def run(
@@ -77,12 +72,11 @@ def run(
         docs = list(dict.fromkeys(p.doc_id for p in found))
         ranks.append(docs.index(item["doc_id"]) + 1 if item["doc_id"] in docs else None)
         result = answer(item["question"])
-        golds = [_norm(a) for a in item["answers"]]
         if result is None or result.abstained:
             false_abstain += result is not None
         else:
-            contains += any(g in _norm(result.answer) for g in golds)
-            first_cite += any(g in _norm(result.citations[0].quote) for g in golds)
+            contains += holds_answer(result.answer, item["answers"])
+            first_cite += holds_answer(result.citations[0].quote, item["answers"])
     for item in unanswerable:
         result = answer(item["question"])
         abstained += result is not None and result.abstained
