@@ -7,8 +7,10 @@ from app.split import is_stopword
 
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
+# A year of the second millennium or this century: 1066 as well as 2018.
+_YEAR = r"(?:1\d|20)\d\d"
 _DATE = re.compile(
-    rf"\b(?:{_MONTHS}|{_DAYS}|(?:1[6-9]|20)\d\d(?:s|'s)?|\d\d?(?:st|nd|rd|th)|(?:last|this|next|earlier this|later this)\s+"
+    rf"\b(?:{_MONTHS}|{_DAYS}|{_YEAR}(?:s|'s)?|\d\d?(?:st|nd|rd|th)|(?:last|this|next|earlier this|later this)\s+"
     r"(?:week|month|year|spring|summer|autumn|winter)|yesterday|today|tomorrow|centur(?:y|ies)|decades?)\b",
     re.I,
 )
@@ -134,7 +136,7 @@ _DAY = r"\d\d?(?:st|nd|rd|th)?"
 _DATE_FIGURES = re.compile(
     rf"\b{_DAY}(?:\s*(?:and|to|-|–)\s*{_DAY})?\s+(?:{_MONTHS})(?:,?\s+\d{{4}})?\b"
     rf"|\b(?:{_MONTHS})\s+{_DAY}(?:,?\s+\d{{4}})?\b|\b(?:{_MONTHS})\s+\d{{4}}\b"
-    r"|\b(?:in|since|by|until|from|of|during|before|after)\s+(?:1[6-9]|20)\d\d\b",
+    rf"|\b(?:in|since|by|until|from|of|during|before|after)\s+{_YEAR}\b",
     re.I,
 )
 # Date granularity: "which month" is answered by a month, "which year" by a year, "day of the week" by a day.
@@ -143,7 +145,7 @@ _YEAR_Q = re.compile(r"\b(?:which|what)\s+years?\b", re.I)
 _WEEKDAY_Q = re.compile(r"\bday of the week\b", re.I)
 _GRANULE = {
     "month": re.compile(rf"\b(?:{_MONTHS})\b", re.I),
-    "year": re.compile(r"\b(?:1[0-9]|20)\d\d\b"),
+    "year": re.compile(rf"\b{_YEAR}\b"),
     "weekday": re.compile(rf"\b(?:{_DAYS})\b", re.I),
 }
 

@@ -203,6 +203,11 @@ def test_answer_kinds():
     assert expected("Why did it fail?") is None
     assert offers(DATE, "It met on 27 February 2018.", "When did it meet?")
     assert not offers(DATE, "It met in 2018.", "When in 2018 did it meet?")
+    # Years of the second millennium are dates, as this century's are; a plain count is not.
+    assert offers(DATE, "In 1066, William conquered England.", "When was the Battle of Hastings?")
+    assert offers(DATE, "Herve served in the 1050s.", "When did Herve serve?")
+    assert not offers(DATE, "It had 250 staff.", "When did it open?")
+    assert not offers(NUMBER, "It was founded in 1562.", "How many churches were founded?")
     assert offers(PERSON, "Council leader Peter Box said so.", "Who leads the council?")
     assert not offers(PERSON, "Wakefield Council said so.", "Who leads the council?")
     assert not offers(NUMBER, "There were high sickness rates.", "How many were off sick?")
