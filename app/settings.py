@@ -53,12 +53,13 @@ class Settings(BaseSettings):
     rrf_k: int = 60
     max_answer_sentences: int = 3
     # Sentences the reader (models/reader, app/read.py) scores and ranks per question, the best by the
-    # hybrid rank; 0 leaves the reader out. The best 8 hold an answer sentence for 0.867 of the SQuAD
-    # evaluation articles' answerable questions and the best 16 for 0.894, at twice the reader's cost.
+    # hybrid rank; 0 leaves the reader out. The best 8 hold an answer sentence for 0.917 of the SQuAD
+    # calibration articles' answerable questions and the best 16 for 0.936, at twice the reader's cost and
+    # with the same answers there (README, "The reader").
     read_budget: int = 8
     # Abstain when no sentence that may answer scores this much. It must keep false abstention on the SQuAD
     # calibration articles within 5 % (`python -m evals.squad --calibrate`); this value does (any up to
-    # 0.387 does), and is the one citeqa has used since before the reader work (README, "Abstention"). The
+    # 0.426 does), and is the one citeqa has used since before the reader work (README, "Abstention"). The
     # reader ranks but leaves the scores alone, so this holds with it on or off.
     abstain_threshold: float = 0.35
 
