@@ -103,22 +103,30 @@ def to_read(found: Retrieval, budget: int) -> list[Evidence]:
     return [ev for ev in found.sentences if ev.offers][:budget]
 
 
+def scored(
+    reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int
+) -> list[tuple[Evidence, str, float]]:
+    """The sentences `to_read` picks, each with its text and the reader's logit for the query."""
+    pool = to_read(found, budget)
+    texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
+    return list(zip(pool, texts, logits(reader.score(found.query, texts)).tolist(), strict=True))
+
+
 def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> None:
     """Score the sentences `to_read` picks with the reader and put them first, ranked by it (see
     RANK_READER_WEIGHT); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
     sentence the reader did not see may still join an answer as support or be shown as closest material."""
     started = time.perf_counter()
-    pool = to_read(found, budget)
-    texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
-    for ev, logit in zip(pool, logits(reader.score(found.query, texts)), strict=True):
+    pool = scored(reader, snapshot, found, budget)
+    for ev, _, logit in pool:
         ev.rank = float(
             RANK_READER_WEIGHT * logit
             + RANK_HYBRID_WEIGHT * ev.score
             + RANK_FRAME_WEIGHT * (not ev.framed)
             + RANK_COVERAGE_WEIGHT * ev.coverage
         )
-    scored = {ev.row for ev in pool}
-    found.sentences = sorted(pool, key=lambda ev: -ev.rank) + [
-        ev for ev in found.sentences if ev.row not in scored
+    read_rows = {ev.row for ev, _, _ in pool}
+    found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [
+        ev for ev in found.sentences if ev.row not in read_rows
     ]
     found.timings_ms["read"] = (time.perf_counter() - started) * 1000

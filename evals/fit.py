@@ -98,15 +98,13 @@ def candidate_examples(
     """Every evidence candidate (the sentences the reader would score) of every question: (hybrid score,
     unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for an unanswerable
     question), and the number of its question."""
-    from app.read import get_reader, logits, to_read
+    from app.read import get_reader, scored
 
     reader = get_reader(settings.reader_dir)
     rows, labels, question = [], [], []
     for number, item in enumerate(items):
         found = retrieve(snapshot, embedder, item["question"], settings)
-        pool = to_read(found, settings.read_budget)
-        texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in pool]
-        for ev, text, logit in zip(pool, texts, logits(reader.score(item["question"], texts)), strict=True):
+        for ev, text, logit in scored(reader, snapshot, found, settings.read_budget):
             rows.append((ev.score, float(not ev.framed), logit, ev.coverage))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and holds_answer(text, item["answers"])
