@@ -10,17 +10,13 @@ from app.errors import BadInput
 from app.index import Snapshot
 from app.schemas import Answer, Briefing, BriefingItem, BriefingSection, Note, Statement, Unanswered
 from app.settings import Settings
+from app.split import squash
 
 _MARKER = re.compile(r"\[(\d+)\]")
 # Long enough to recognise the question in an error message, short enough to keep the message one line.
 _QUESTION_IN_ERRORS = 60
 
 Progress = Callable[[str, int, int], None]
-
-
-def squash(text: str) -> str:
-    """Text with every run of whitespace as one space, as a reader sees it."""
-    return " ".join(text.split())
 
 
 def _name(index: int, question: str) -> str:

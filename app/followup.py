@@ -4,7 +4,7 @@ import re
 
 from app.retrieve import entities
 from app.schemas import Message
-from app.split import terms
+from app.split import squash, terms
 
 _LEAD = re.compile(r"^\s*(and|but|also|so|then|what about|how about|what of|and what about)\b[\s,]*", re.I)
 _PRONOUN = re.compile(
@@ -64,14 +64,10 @@ def standalone(question: str, history: list[Message]) -> tuple[str, str]:
         base = previous
         for name in entities(previous):
             base = re.sub(rf"(?<![\w'’]){re.escape(name)}(?:['’]s)?(?![\w'’])", "", base)
-        query = _squash(f"{base} {remainder}") + "?"
+        query = squash(f"{base} {remainder}") + "?"
         return query, query
     # A pronoun ("who replaced him?") points at what was asked and answered last.
     said = _MARKER.sub("", answers[-1]) if answers else ""
     context = [e for e in entities(said, skip_first=False) if terms(e)][:6]
-    query = _squash(f"{remainder}? ({previous}; {' '.join(dict.fromkeys(context))})").replace("; )", ")")
+    query = squash(f"{remainder}? ({previous}; {' '.join(dict.fromkeys(context))})").replace("; )", ")")
     return query, remainder
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()

@@ -240,3 +240,8 @@ def terms(text: str) -> list[str]:
     """Stemmed content words: the vocabulary of BM25 and lexical sentence scoring."""
     stem = _stemmer().stemWord
     return [stem(w.removesuffix("'s")) for w in words(text) if w not in _STOPWORDS]
+
+
+def squash(text: str) -> str:
+    """Text with every run of whitespace as one space, as a reader sees it."""
+    return " ".join(text.split())

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from app.read import MAX_TOKENS
-from app.split import sentence_spans, terms
+from app.split import sentence_spans, squash, terms
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "reader"
@@ -227,8 +227,8 @@ def write_corpus(
 
 def holds_answer(text: str, answers: Iterable[str]) -> bool:
     """Whether `text` contains one of the gold answer texts, case and spacing aside."""
-    squashed = " ".join(text.lower().split())
-    return any(" ".join(a.lower().split()) in squashed for a in answers if a.strip())
+    squashed = squash(text.lower())
+    return any(squash(a.lower()) in squashed for a in answers if a.strip())
 
 
 def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> dict[str, list[Pair]]:

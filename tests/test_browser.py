@@ -14,6 +14,7 @@ from test_e2e import serve, stop
 
 from app.embed import Embedder
 from app.settings import Settings
+from app.split import squash
 from app.ui import answer_html, as_text, citation_line, source_html
 from ingest.build import ingest
 
@@ -117,11 +118,6 @@ def ask_ui(page: Any, question: str, answers: int) -> Any:
     )
     page.wait_for_function("document.querySelector('#cq-question textarea').value === ''", timeout=10_000)
     return page.locator('#cq-chat [data-testid="bot"]').nth(answers - 1)
-
-
-def squash(text: str) -> str:
-    """Whitespace-insensitive text, as the browser lays it out."""
-    return " ".join(text.split())
 
 
 def open_source(page: Any, n: int) -> None:
