@@ -9,6 +9,7 @@ import gradio as gr
 
 from app.export import filename
 from app.settings import Settings
+from app.split import squash
 from app.ui import ApiError, as_text, call_api
 
 DEFAULT_TITLE = "Briefing"
@@ -153,7 +154,7 @@ def briefing_panel(settings: Settings, chat: gr.State) -> None:
             shutil.rmtree(previous, ignore_errors=True)
         if not items:
             return "", off, off, None
-        title = " ".join((name or "").split()) or DEFAULT_TITLE
+        title = squash(name or "") or DEFAULT_TITLE
         files: dict[str, Path] = {}
         folder = Path(tempfile.mkdtemp(prefix="citeqa-briefing-"))
         try:

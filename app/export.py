@@ -7,6 +7,7 @@ from datetime import date
 from lxml import etree
 
 from app.schemas import Briefing, BriefingFormat, Note
+from app.split import squash
 
 MEDIA_TYPES: dict[str, str] = {
     "md": "text/markdown; charset=utf-8",
@@ -39,7 +40,7 @@ def nice_date(value: str) -> str:
 def md_text(value: str) -> str:
     """Inline Markdown that renders as exactly this text (whitespace collapsed), never as markup."""
     out = []
-    for ch in " ".join(value.split()):
+    for ch in squash(value):
         if ch in _MD_ENTITIES:
             out.append(_MD_ENTITIES[ch])
         elif ch in _MD_ESCAPE:
@@ -71,7 +72,7 @@ def _md_url(url: str) -> str:
 def source_line(note: Note) -> str:
     """Title, publisher, date and URL, each where the document states it."""
     known = [note.title, note.publisher, nice_date(note.published), note.url]
-    return ", ".join(" ".join(k.split()) for k in known if k.strip())
+    return ", ".join(squash(k) for k in known if k.strip())
 
 
 def locator(note: Note) -> str:
@@ -205,7 +206,7 @@ def word(briefing: Briefing) -> bytes:
         document.add_heading(_xml_text(section.question), 2)
         para = document.add_paragraph()
         for k, statement in enumerate(section.statements):
-            para.add_run(("" if k == 0 else " ") + _xml_text(" ".join(statement.text.split())))
+            para.add_run(("" if k == 0 else " ") + _xml_text(squash(statement.text)))
             for n in statement.notes:
                 _note_mark(para._p, n, n in placed)
                 placed.add(n)

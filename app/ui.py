@@ -10,6 +10,7 @@ import httpx
 
 from app.export import nice_date
 from app.settings import Settings
+from app.split import squash
 
 EXAMPLE_COUNT = 4
 TIMEOUT_S = 120.0
@@ -90,7 +91,7 @@ scroll();
 
 def as_text(value: object) -> str:
     """Text made safe where markdown and HTML are rendered: escaped, markdown syntax as entities, one line."""
-    return "".join(f"&#{ord(ch)};" if ch in _ENTITY_CHARS else ch for ch in " ".join(str(value).split()))
+    return "".join(f"&#{ord(ch)};" if ch in _ENTITY_CHARS else ch for ch in squash(str(value)))
 
 
 def _link(url: str) -> str:
@@ -152,7 +153,7 @@ def citation_line(citation: dict[str, Any], doc: dict[str, Any]) -> str:
         nice_date(doc.get("published", "")),
         doc.get("url", ""),
     ]
-    where = ", ".join(" ".join(str(k).split()) for k in known if k)
+    where = ", ".join(squash(str(k)) for k in known if k)
     return f"“{' '.join(citation['quote'].split())}” — {where}"
 
 
