@@ -154,7 +154,7 @@ def citation_line(citation: dict[str, Any], doc: dict[str, Any]) -> str:
         doc.get("url", ""),
     ]
     where = ", ".join(squash(str(k)) for k in known if k)
-    return f"“{' '.join(citation['quote'].split())}” — {where}"
+    return f"“{squash(citation['quote'])}” — {where}"
 
 
 def source_html(citation: dict[str, Any], doc: dict[str, Any]) -> str:
