@@ -31,7 +31,7 @@ test: install browser
 	$(PY) -m pytest -q
 
 eval: install
-	$(CITEQA) eval --squad
+	$(CITEQA) eval --squad --natural
 
 bench: install
 	$(PY) -m bench.run

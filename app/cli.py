@@ -207,6 +207,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--squad", action="store_true", help="also run, report and gate the SQuAD benchmark (in-process)"
     )
+    p.add_argument(
+        "--natural",
+        action="store_true",
+        help="also run, report and gate the natural-question benchmark (in-process)",
+    )
     p.set_defaults(func=cmd_eval)
     return root
 

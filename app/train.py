@@ -4,7 +4,8 @@ Run: `make reader READER_DATA=DIR` (`python -m app.train --data DIR`). It reads 
 named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, mines
 negatives from citeqa's own retrieval over some of them, fine-tunes the first LAYERS layers of the packaged
 all-MiniLM-L6-v2 with a fresh one-logit head, and writes `models/reader/` (the int8 ONNX graph, its
-tokenizer and `metrics.json`). Fixed seeds; CPU only.
+tokenizer and `metrics.json`), measured on QED dev (vendored in evals/data/, never trained on). Fixed seeds;
+CPU only.
 """
 
 import argparse
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "reader"
 SQUAD = ROOT / "evals" / "data" / "squad-dev-split.json"
 DATA_FILES = ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json")
-DEV_FILE = "qed-dev.json"
+# QED dev, held out from training: measured here, and the natural-question benchmark (evals/squad.py).
+DEV = ROOT / "evals" / "data" / "qed-dev.json"
 # SQuAD 2.0 articles by use: the reader trains on the first group (its only source of unanswerable
 # questions), the abstention threshold is calibrated on the second, and the benchmark measures the third.
 # Articles, not questions, are kept apart: a model that saw an article's paragraphs would flatter it.
@@ -403,9 +405,9 @@ def quantise(source: Path, target: Path) -> None:
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
-def dev_questions(data: Path, limit: int = DEV_QUESTIONS) -> list[tuple[str, list[str], set[int]]]:
+def dev_questions(limit: int = DEV_QUESTIONS) -> list[tuple[str, list[str], set[int]]]:
     """Held-out questions (QED dev): each with its paragraph's sentences and the answering ones."""
-    out = _located(paragraphs(data / DEV_FILE))
+    out = _located(paragraphs(DEV))
     return random.Random(SEED).sample(out, min(limit, len(out)))
 
 
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--dev", type=int, default=DEV_QUESTIONS, help="held-out QED questions measured")
     args = parser.parse_args(argv)
-    missing = [n for n in (*DATA_FILES, DEV_FILE) if not (args.data / n).is_file()]
+    missing = [n for n in DATA_FILES if not (args.data / n).is_file()]
     if missing:
         print(f"citeqa: training data missing in {args.data}: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     int8 = build(source, examples, args.layers, args.epochs, args.out, sys.stdout)
     minutes = (time.perf_counter() - started) / 60
-    dev = dev_questions(args.data, args.dev)
+    dev = dev_questions(args.dev)
     held_out = held_out_questions()
     metrics = {
         "questions": len(examples),

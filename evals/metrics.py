@@ -32,7 +32,21 @@ HEADLINE = (
     "latency_p50_ms",
     "latency_p95_ms",
 )
-# The SQuAD benchmark's figures (evals/squad.py), in table order; shared names mean the same as above.
+# The in-process benchmarks `citeqa eval` can add (evals/squad.py): the key of each one's section in the
+# report and the baseline, its title, and what it asks.
+BENCHMARKS = {
+    "squad": (
+        "SQuAD benchmark",
+        "questions of the vendored SQuAD 2.0 split's evaluation articles, each paragraph a document "
+        "(`python -m evals.squad`)",
+    ),
+    "natural": (
+        "Natural-question benchmark",
+        "search-engine questions of QED dev (Natural Questions), half of its articles indexed, each paragraph "
+        "a document; the unanswerable ones are the other half's, off-corpus (`python -m evals.squad --natural`)",
+    ),
+}
+# Their figures, in table order; shared names mean the same as above.
 SQUAD_HEADLINE = (
     "hit_at_1",
     "hit_at_5",
@@ -65,7 +79,7 @@ DEFAULT_TOLERANCE: dict[str, float | None] = {
 }
 
 
-# Two points on a sample of 400 is eight questions: a real change, not one question flipping.
+# Two points on a sample of 400 or more is eight questions: a real change, not one question flipping.
 SQUAD_TOLERANCE: dict[str, float | None] = {
     k: None if k.endswith("_ms") else 0.0 if k in MUST_BE_ZERO else 0.02 for k in SQUAD_HEADLINE
 }
@@ -176,7 +190,7 @@ class Check:
     baseline: float | None
     tolerance: float | None
     ok: bool
-    # Which run the metric belongs to: "" for the question set, "squad" for the SQuAD benchmark.
+    # Which run the metric belongs to: "" for the question set, else a key of BENCHMARKS.
     corpus: str = ""
 
     def describe(self) -> str:

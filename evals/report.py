@@ -6,7 +6,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from evals.metrics import HEADLINE, LOWER_IS_BETTER, ROUNDING, SQUAD_HEADLINE, Check, fmt
+from evals.metrics import BENCHMARKS, HEADLINE, LOWER_IS_BETTER, ROUNDING, SQUAD_HEADLINE, Check, fmt
 
 HISTORY = "history.jsonl"
 # Runs charted in the history panel: enough to see a trend, few enough to read each point.
@@ -64,33 +64,30 @@ def _checks(data: Mapping[str, Any]) -> list[Check]:
     return [Check(**c) for c in data.get("gate", [])]
 
 
-def _squad(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Check]] | None:
-    """The SQuAD benchmark's figures, baseline and checks, when the run included it."""
-    section = data.get("squad")
-    if not section:
-        return None
-    return section["metrics"], section.get("baseline") or {}, [Check(**c) for c in section["gate"]]
+def _benchmarks(data: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], list[Check]]]:
+    """Each benchmark the run included: its key, figures, baseline and checks."""
+    return [
+        (key, section["metrics"], section.get("baseline") or {}, [Check(**c) for c in section["gate"]])
+        for key in BENCHMARKS
+        if (section := data.get(key))
+    ]
 
 
 def _failed(data: Mapping[str, Any]) -> list[Check]:
-    squad = _squad(data)
-    return [c for c in _checks(data) + (squad[2] if squad else []) if not c.ok]
+    return [c for c in _checks(data) + [c for *_, cs in _benchmarks(data) for c in cs] if not c.ok]
 
 
-def _squad_markdown(data: Mapping[str, Any]) -> list[str]:
-    squad = _squad(data)
-    if squad is None:
-        return []
-    figures, base, checks = squad
-    out = [
-        "",
-        "## SQuAD benchmark",
-        "",
-        f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable questions of the "
-        "vendored SQuAD 2.0 split's evaluation articles, each paragraph a document (`python -m evals.squad`).",
-        "",
-        *_md_table(figures, base, checks, SQUAD_HEADLINE),
-    ]
+def _about(key: str, figures: Mapping[str, Any]) -> str:
+    return (
+        f"{figures['answerable']} answerable and {figures['unanswerable']} unanswerable {BENCHMARKS[key][1]}."
+    )
+
+
+def _benchmarks_markdown(data: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, figures, base, checks in _benchmarks(data):
+        out += ["", f"## {BENCHMARKS[key][0]}", "", _about(key, figures), ""]
+        out += _md_table(figures, base, checks, SQUAD_HEADLINE)
     return out
 
 
@@ -147,7 +144,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         "",
         *_md_table(m, base, checks, HEADLINE),
     ]
-    out += _squad_markdown(data)
+    out += _benchmarks_markdown(data)
     failed = _failed(data)
     if failed:
         out += ["", "## Gate failures", ""] + [f"- {c.describe()}" for c in failed]
@@ -299,7 +296,7 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
         )
     out.append("<h2>Metrics against the baseline</h2>")
     out += _against_baseline(m, base, checks, CHARTED, HEADLINE)
-    out += _squad_html(data)
+    out += _benchmarks_html(data)
     out.append("<h2>Pass rate per tag</h2>")
     tag_rows = [
         (
@@ -332,18 +329,15 @@ def html(data: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _squad_html(data: Mapping[str, Any]) -> list[str]:
-    squad = _squad(data)
-    if squad is None:
-        return []
-    figures, base, checks = squad
-    return [
-        "<h2>SQuAD benchmark</h2>",
-        f'<p class="muted">{figures["answerable"]} answerable and {figures["unanswerable"]} unanswerable '
-        "questions of the vendored SQuAD 2.0 split's evaluation articles, each paragraph a document; gated like "
-        "the question set.</p>",
-        *_against_baseline(figures, base, checks, SQUAD_CHARTED, SQUAD_HEADLINE),
-    ]
+def _benchmarks_html(data: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, figures, base, checks in _benchmarks(data):
+        out += [
+            f"<h2>{escape(BENCHMARKS[key][0])}</h2>",
+            f'<p class="muted">{escape(_about(key, figures).replace("`", ""))} Gated like the question set.</p>',
+            *_against_baseline(figures, base, checks, SQUAD_CHARTED, SQUAD_HEADLINE),
+        ]
+    return out
 
 
 def _against_baseline(

@@ -314,13 +314,11 @@ def baseline_from(
     tags: dict[str, dict[str, Any]],
     previous: dict[str, Any] | None,
     n: int,
-    squad_figures: dict[str, Any] | None = None,
+    benchmarks: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A new baseline from this run, keeping the previous file's tolerances (and SQuAD figures when the run
-    had none)."""
-    squad_base = (previous or {}).get("squad")
-    if squad_figures is not None:
-        squad_base = {k: _round(squad_figures[k]) for k in metrics.SQUAD_HEADLINE}
+    """A new baseline from this run, keeping the previous file's tolerances (and a benchmark's figures when
+    the run did not include it)."""
+    ran = benchmarks or {}
     return {
         "note": "Written by `citeqa eval --update-baseline` from a real run; commit changes with a reason.",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -328,7 +326,12 @@ def baseline_from(
         "metrics": {k: _round(summary[k]) for k in metrics.HEADLINE},
         "tolerance": (previous or {}).get("tolerance", metrics.DEFAULT_TOLERANCE),
         "tag_pass_rate": {t: _round(m["pass_rate"]) for t, m in tags.items()},
-        "squad": squad_base,
+        **{
+            key: {k: _round(ran[key][k]) for k in metrics.SQUAD_HEADLINE}
+            if key in ran
+            else (previous or {}).get(key)
+            for key in metrics.BENCHMARKS
+        },
     }
 
 
@@ -349,12 +352,17 @@ def main(args: argparse.Namespace) -> int:
     tolerance = metrics.DEFAULT_TOLERANCE
     if not update or baseline_path.exists():
         previous, tolerance = load_baseline(baseline_path)
-    want_squad = bool(getattr(args, "squad", False))
-    if want_squad:
+    prior = previous or {}
+    # The benchmarks asked for (keys of metrics.BENCHMARKS), each with the data it reads and what runs it.
+    runners = {"squad": (squad.SPLIT, squad.benchmark), "natural": (squad.NATURAL, squad.natural)}
+    wanted = {key: runner for key, runner in runners.items() if getattr(args, key, False)}
+    for key, (path, _) in wanted.items():
         # Checked before the question set runs, so a bad combination costs nothing.
         if args.url:
-            raise BadInput("--squad runs this checkout's code in-process; it cannot measure a server (--url)")
-        squad.require_split()
+            raise BadInput(
+                f"--{key} runs this checkout's code in-process; it cannot measure a server (--url)"
+            )
+        squad.require(path)
     settings = get_settings()
     corpus = Path(args.corpus or settings.corpus)
     tty = sys.stderr.isatty()
@@ -371,18 +379,16 @@ def main(args: argparse.Namespace) -> int:
         backend.close()
     summary = metrics.summarize(results)
     tags = metrics.by_tag(results)
-    base_metrics = (previous or {}).get("metrics", {})
+    base_metrics = prior.get("metrics", {})
     checks = metrics.gate(summary, {} if update else base_metrics, tolerance)
-    squad_figures: dict[str, Any] | None = None
-    squad_checks: list[metrics.Check] = []
-    squad_base = (previous or {}).get("squad") or {}
-    if want_squad:
-        print("running the SQuAD benchmark in-process ...", file=sys.stderr)
-        squad_figures = squad.benchmark()
-        squad_checks = metrics.gate(
-            squad_figures, {} if update else squad_base, metrics.SQUAD_TOLERANCE, "squad"
-        )
-    failed = [c for c in checks + squad_checks if not c.ok]
+    benchmarks: dict[str, dict[str, Any]] = {}
+    bench_checks: dict[str, list[metrics.Check]] = {}
+    for key, (_, runner) in wanted.items():
+        print(f"running the {metrics.BENCHMARKS[key][0]} in-process ...", file=sys.stderr)
+        benchmarks[key] = runner()
+        bench_base = {} if update else prior.get(key) or {}
+        bench_checks[key] = metrics.gate(benchmarks[key], bench_base, metrics.SQUAD_TOLERANCE, key)
+    failed = [c for c in checks + [c for cs in bench_checks.values() for c in cs] if not c.ok]
     run_info = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": backend.mode,
@@ -398,12 +404,15 @@ def main(args: argparse.Namespace) -> int:
         "baseline": previous,
         "gate": [c.__dict__ for c in checks],
         "results": results,
-        "squad": None
-        if squad_figures is None
-        else {
-            "metrics": squad_figures,
-            "baseline": squad_base or None,
-            "gate": [c.__dict__ for c in squad_checks],
+        **{
+            key: {
+                "metrics": benchmarks[key],
+                "baseline": prior.get(key),
+                "gate": [c.__dict__ for c in bench_checks[key]],
+            }
+            if key in benchmarks
+            else None
+            for key in metrics.BENCHMARKS
         },
     }
     report_dir = Path(args.report)
@@ -414,13 +423,12 @@ def main(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     print(report.table(summary, base_metrics, checks))
     print(f"\n{summary['passed']}/{summary['questions']} questions passed; report: {paths['html']}")
-    if squad_figures is not None:
-        print(
-            f"\nSQuAD benchmark ({squad_figures['answerable']} answerable, {squad_figures['unanswerable']} unanswerable):"
-        )
-        print(report.table(squad_figures, squad_base, squad_checks, metrics.SQUAD_HEADLINE))
+    for key, figures in benchmarks.items():
+        n, m = figures["answerable"], figures["unanswerable"]
+        print(f"\n{metrics.BENCHMARKS[key][0]} ({n} answerable, {m} unanswerable):")
+        print(report.table(figures, prior.get(key) or {}, bench_checks[key], metrics.SQUAD_HEADLINE))
     if update:
-        new = baseline_from(summary, tags, previous, len(questions), squad_figures)
+        new = baseline_from(summary, tags, previous, len(questions), benchmarks)
         baseline_path.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
         print(f"baseline rewritten: {baseline_path} (commit the diff with the reason)")
     for check in failed:

@@ -2,6 +2,8 @@
 
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
 The questions come from the evaluation articles only (app/train.py splits the articles by use).
+`--natural` runs the natural-question benchmark instead: QED dev's search-engine questions, half of its
+articles indexed, so the other half's questions are off-corpus ones that should abstain (see `natural`).
 `--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
 sentence ranker's chunk-coverage weight, FRAME_PENALTY and the reader's rank weights on that same sample and
 prints them (see evals/fit.py).
@@ -9,6 +11,7 @@ prints them (see evals/fit.py).
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -32,6 +35,9 @@ from evals import metrics
 from ingest.build import ingest
 
 SPLIT = Path(__file__).resolve().parent / "data" / "squad-dev-split.json"
+NATURAL = SPLIT.parent / "qed-dev.json"
+# Which half of QED dev's articles the natural-question benchmark indexes: a fixed shuffle of their titles.
+NATURAL_SEED = 7
 # The best score of a question with no sentence that may answer (below any evidence score).
 NO_EVIDENCE = -np.inf
 # The abstention threshold is set where this share of the calibration articles' answerable questions
@@ -107,6 +113,26 @@ def benchmark(home: Path | None = None) -> dict[str, Any]:
         return run(settings, *of_articles(EVAL_ARTICLES, answerable, unanswerable))
 
 
+def natural(home: Path | None = None) -> dict[str, Any]:
+    """Index a fixed half of QED dev's articles, one document per paragraph, and ask every question: those of
+    the indexed half are answerable, those of the other half are off-corpus and should abstain.
+
+    The questions are real search-engine queries (Natural Questions), not written by someone reading the
+    paragraph as SQuAD's were; QED dev is held out from the reader's training. `citeqa eval --natural`.
+    """
+    require(NATURAL)
+    titles = sorted({a["title"] for a in json.loads(NATURAL.read_text(encoding="utf-8"))["data"]})
+    random.Random(NATURAL_SEED).shuffle(titles)
+    half = len(titles) // 2
+    with tempfile.TemporaryDirectory(prefix="citeqa-natural-") as tmp:
+        home = home or Path(tmp)
+        answerable, _ = write_corpus(NATURAL, home / "corpus", titles[:half])
+        off_corpus, _ = write_corpus(NATURAL, home / "not-indexed", titles[half:])
+        settings = Settings(home=home / "index", corpus=home / "corpus")
+        ingest(settings.corpus, settings, get_embedder())
+        return run(settings, answerable, off_corpus)
+
+
 def of_articles(
     articles: tuple[str, ...], answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -131,15 +157,15 @@ def indexed(
         yield prepare(home or Path(tmp))
 
 
-def require_split() -> None:
-    """A clear error when the vendored SQuAD split is not where the benchmark reads it."""
-    if not SPLIT.is_file():
-        raise BadInput(f"the SQuAD split is not at {SPLIT}")
+def require(split: Path) -> None:
+    """A clear error when a vendored benchmark file is not where the benchmark reads it."""
+    if not split.is_file():
+        raise BadInput(f"the benchmark data is not at {split}")
 
 
 def prepare(home: Path) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the corpus and index it (reusing `home` when it already holds the index)."""
-    require_split()
+    require(SPLIT)
     corpus = home / "corpus"
     answerable, unanswerable = write_corpus(SPLIT, corpus)
     settings = Settings(home=home / "index", corpus=corpus)
@@ -207,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="reuse this folder for the corpus and index")
     parser.add_argument("--calibrate", action="store_true", help="sweep the abstention threshold instead")
     parser.add_argument("--fit", action="store_true", help="fit the sentence ranker's weight instead")
-    parser.add_argument("--out", type=Path, default=Path("evals/reports/squad.json"))
+    parser.add_argument("--natural", action="store_true", help="run the natural-question benchmark instead")
+    parser.add_argument("--out", type=Path, default=None, help="default: evals/reports/{squad,natural}.json")
     args = parser.parse_args(argv)
     if not (args.fit or args.calibrate):
-        figures = benchmark(args.home)
+        figures = natural(args.home) if args.natural else benchmark(args.home)
+        args.out = args.out or Path("evals/reports") / ("natural.json" if args.natural else "squad.json")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2))
         for key, value in figures.items():

@@ -200,7 +200,7 @@ def test_committed_baseline_covers_every_headline_metric() -> None:
     assert set(metrics.HEADLINE) <= set(data["metrics"])
     assert data["metrics"]["invalid_citations"] == 0
     assert tol["latency_p50_ms"] is None and tol["latency_p95_ms"] is None
-    assert set(metrics.SQUAD_HEADLINE) <= set(data["squad"])
+    assert all(set(metrics.SQUAD_HEADLINE) <= set(data[key]) for key in metrics.BENCHMARKS)
 
 
 # --- question file --------------------------------------------------------------------------------------
@@ -295,16 +295,26 @@ def test_an_unreachable_server_is_a_clear_usage_error(
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
-def test_squad_cannot_be_asked_of_a_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["eval", "--squad", "--url", "http://127.0.0.1:9", "--report", str(tmp_path)]
+@pytest.mark.parametrize("flag", ["--squad", "--natural"])
+def test_a_benchmark_cannot_be_asked_of_a_server(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", flag, "--url", "http://127.0.0.1:9", "--report", str(tmp_path)]
     assert cli([*args, "--baseline", str(BASELINE)]) == 2
-    assert "--squad runs this checkout's code in-process" in capsys.readouterr().err
+    assert f"{flag} runs this checkout's code in-process" in capsys.readouterr().err
 
 
-def test_a_missing_squad_split_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(squad, "SPLIT", tmp_path / "missing.json")
-    with pytest.raises(BadInput, match="the SQuAD split is not at .*missing.json"):
-        squad.benchmark(tmp_path / "home")
+@pytest.mark.parametrize("name", ["SPLIT", "NATURAL"])
+def test_missing_benchmark_data_is_a_clear_error(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(squad, name, tmp_path / "missing.json")
+    with pytest.raises(BadInput, match="the benchmark data is not at .*missing.json"):
+        squad.natural(tmp_path / "home") if name == "NATURAL" else squad.benchmark(tmp_path / "home")
+    # The eval says so before it spends time on the question set.
+    args = ["eval", "--squad", "--natural", "--report", str(tmp_path), "--baseline", str(BASELINE)]
+    assert cli(args) == 2
+    assert "the benchmark data is not at" in capsys.readouterr().err
 
 
 def test_fit_with_the_reader_off_is_a_clear_error(
@@ -316,8 +326,10 @@ def test_fit_with_the_reader_off_is_a_clear_error(
 
 
 def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
-    assert squad.SPLIT.is_relative_to(ROOT / "evals" / "data") and squad.SPLIT.is_file()
-    assert "CC BY-SA 4.0" in (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
+    for split in (squad.SPLIT, squad.NATURAL):
+        assert split.is_relative_to(ROOT / "evals" / "data") and split.is_file()
+    licences = (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
+    assert "CC BY-SA 4.0" in licences and "CC BY-SA 3.0" in licences
     # No project file reaches outside the checkout: neither a folder beside it nor the absolute path of
     # the folder holding it, whatever this machine happens to have there.
     beside = [f"../{p.name}/" for p in ROOT.parent.iterdir() if p.is_dir() and p != ROOT]
@@ -332,7 +344,7 @@ def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -
     named = [
         f"{p.relative_to(ROOT)}: {needle}"
         for p in places
-        if p != squad.SPLIT and "cache" not in p.parts
+        if p not in (squad.SPLIT, squad.NATURAL) and "cache" not in p.parts
         for needle in needles
         if needle in p.read_text(encoding="utf-8", errors="replace")
     ]
@@ -381,7 +393,8 @@ def test_gate_fails_when_the_ofsted_letter_is_missing(
     assert "baseline rewritten" in capsys.readouterr().out
     written, committed = json.loads(new_baseline.read_text()), json.loads(BASELINE.read_text())
     assert written["questions"] == 3 and written["tolerance"] == committed["tolerance"]
-    assert written["squad"] == committed["squad"]  # a run without --squad keeps the SQuAD figures
+    # A run without the benchmarks keeps their figures.
+    assert all(written[key] == committed[key] for key in metrics.BENCHMARKS)
     assert len((reports / "history.jsonl").read_text().splitlines()) == 2
 
 
@@ -390,23 +403,26 @@ def test_gate_passes_on_the_real_corpus_against_the_committed_baseline(tmp_path:
     reports = tmp_path / "reports"
     citeqa = Path(sys.executable).with_name("citeqa")
     done = subprocess.run(
-        [str(citeqa), "eval", "--squad", "--report", str(reports), "--json", str(tmp_path / "metrics.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [str(citeqa), "eval", "--squad", "--natural", "--report", str(reports),
+         "--json", str(tmp_path / "metrics.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gate passed" in done.stdout and "hit_at_5" in done.stdout
     assert "SQuAD benchmark (435 answerable, 506 unanswerable)" in done.stdout
+    assert "Natural-question benchmark (685 answerable, 670 unanswerable)" in done.stdout
     for name in ("report.json", "report.md", "report.html", "history.jsonl"):
         assert (reports / name).is_file()
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert data["metrics"]["invalid_citations"] == 0 and data["metrics"]["errors"] == 0
-    # One command shows both corpora, the SQuAD benchmark gated against its own baseline.
-    squad = data["squad"]
-    assert squad["metrics"]["invalid_citations"] == 0 and squad["metrics"]["errors"] == 0
-    assert {c["metric"] for c in squad["gate"]} >= {"hit_at_5", "answer_contains_gold", "abstention_rate"}
-    assert all(c["ok"] and c["corpus"] == "squad" for c in squad["gate"])
-    assert "## SQuAD benchmark" in (reports / "report.md").read_text()
-    assert "<h2>SQuAD benchmark</h2>" in (reports / "report.html").read_text()
+    # One command shows every corpus, each benchmark gated against its own baseline.
+    for key, (title, _) in metrics.BENCHMARKS.items():
+        bench = data[key]
+        assert bench["metrics"]["invalid_citations"] == 0 and bench["metrics"]["errors"] == 0
+        assert {c["metric"] for c in bench["gate"]} >= {"hit_at_5", "answer_contains_gold", "abstention_rate"}
+        assert all(c["ok"] and c["corpus"] == key for c in bench["gate"])
+        assert f"## {title}" in (reports / "report.md").read_text()
+        assert f"<h2>{title}</h2>" in (reports / "report.html").read_text()
 
 
 @pytest.mark.slow
