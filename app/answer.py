@@ -140,11 +140,13 @@ def _open_quote(text: str) -> bool:
 def _heading(snapshot: Snapshot, ev: Evidence) -> bool:
     """A title, heading or address line: no closing punctuation and not a list item. It labels, not answers.
 
-    The document's own title is a heading whatever its punctuation.
+    The document's own title is a heading whatever its punctuation, unless it is all the document holds: a
+    one-sentence document's title is taken from that sentence, which labels nothing.
     """
     doc = snapshot.doc_list[ev.doc]
     text = doc.text
-    if text[ev.start : ev.end].strip() == doc.title.strip():
+    sentence = text[ev.start : ev.end].strip()
+    if sentence == doc.title.strip() and sentence != text.strip():
         return True
     if re.search(r"""[.!?:;"”’')\]]$""", text[ev.start : ev.end]):
         return False

@@ -296,6 +296,24 @@ def test_a_quotation_is_cited_whole(tmp_path, embedder):
     _invariants(snapshot, answer)
 
 
+def test_a_one_sentence_document_answers_but_a_title_line_never_does(tmp_path, embedder):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # The title of each document is its first line: the whole of the first, a headline above the second's text.
+    alone = "The Harrowgate lantern pilot began on 4 May 1999 under the county clerk."
+    (corpus / "pilot.txt").write_text(alone + "\n", encoding="utf-8")
+    headline = "Harrowgate lantern pilot began on 4 May 1999."
+    body = "The county clerk ran the lantern pilot for a year. Residents said the lanterns were bright."
+    (corpus / "news.txt").write_text(f"{headline}\n\n{body}\n", encoding="utf-8")
+    settings = Settings(home=tmp_path / "home", corpus=corpus)
+    ingest(corpus, settings, embedder)
+    snapshot = Store(settings).open()
+    answer = ask(snapshot, embedder, "When did the Harrowgate lantern pilot begin?", settings)
+    assert not answer.abstained
+    assert [(c.doc_id, c.quote) for c in answer.citations] == [("pilot.txt", alone)]
+    _invariants(snapshot, answer)
+
+
 def test_a_sentence_a_whole_quotation_took_in_is_not_cited_again():
     whole = Evidence(row=3, doc=0, start=10, end=90, score=0.5, chunk=0)
     inside = Evidence(row=4, doc=0, start=50, end=90, score=0.6, chunk=0)
