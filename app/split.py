@@ -39,6 +39,10 @@ _ABBREVIATIONS = {
     "gen",
     "col",
     "lt",
+    "capt",
+    "maj",
+    "gov",
+    "sen",
     "sgt",
     "rev",
     "hon",
@@ -205,8 +209,8 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
             word = re.search(r"([\w.]+)[.!?]*$", text[cut : m.start() + 1])
             if word and m.group().startswith(".") and word.group(1).lower().rstrip(".") in _ABBREVIATIONS:
                 continue
-            # A single capital before the full stop is an initial ("J. Smith"), not a sentence end.
-            if m.group().startswith(".") and re.search(r"(?:^|\s)[A-Z]$", text[cut : m.start()]):
+            # A single capital before the full stop is an initial ("J. Smith", "H.D. Deve"), not a sentence end.
+            if m.group().startswith(".") and re.search(r"(?:^|[\s.])[A-Z]$", text[cut : m.start()]):
                 continue
             _append(text, spans, cut, m.end())
             cut = m.end()

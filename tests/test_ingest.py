@@ -14,6 +14,7 @@ from app.answer import ask
 from app.embed import Embedder
 from app.index import Store
 from app.settings import Settings
+from app.split import sentence_spans
 from ingest.build import ingest
 from ingest.clean import clean
 from ingest.load import load
@@ -74,6 +75,15 @@ def test_glued_teaser_keeps_the_sentence_after_it():
     text, removed = clean("READ: Council response says all is wellA letter said: “Visits were late.”\n")
     assert text == "A letter said: “Visits were late.”"
     assert removed == ["READ: Council response says all is well"]
+
+
+def test_sentences_do_not_end_at_initials_or_titles():
+    text = "Chief Minister H.D. Kumaraswamy spoke. At 4 a.m. Capt. George S. James fired. The fort fell."
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Chief Minister H.D. Kumaraswamy spoke.",
+        "At 4 a.m. Capt. George S. James fired.",
+        "The fort fell.",
+    ]
 
 
 def test_incremental_unchanged_edited_deleted(tmp_path: Path, corpus_copy: Path, embedder: Embedder):
