@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from app.answer import ask, candidates, passages
 from app.embed import get_embedder
@@ -32,7 +33,7 @@ from app.schemas import Answer
 from app.settings import Settings
 from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES, holds_answer, write_corpus
 from evals import metrics
-from ingest.build import ingest
+from ingest.build import MANIFEST, ingest
 
 SPLIT = Path(__file__).resolve().parent / "data" / "squad-dev-split.json"
 NATURAL = SPLIT.parent / "qed-dev.json"
@@ -114,8 +115,9 @@ def benchmark(home: Path | None = None) -> dict[str, Any]:
 
 
 def natural(home: Path | None = None) -> dict[str, Any]:
-    """Index a fixed half of QED dev's articles, one document per paragraph, and ask every question: those of
-    the indexed half are answerable, those of the other half are off-corpus and should abstain.
+    """Index a fixed half of QED dev's articles, one document per paragraph titled by its article, and ask every
+    question: those of the indexed half are answerable, those of the other half are off-corpus and should
+    abstain.
 
     The questions are real search-engine queries (Natural Questions), not written by someone reading the
     paragraph as SQuAD's were; QED dev is held out from the reader's training. `citeqa eval --natural`.
@@ -127,6 +129,9 @@ def natural(home: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="citeqa-natural-") as tmp:
         home = home or Path(tmp)
         answerable, _ = write_corpus(NATURAL, home / "corpus", titles[:half])
+        # Each paragraph is titled by its article, as a document states its own title (corpus/manifest.yaml).
+        manifest = {"documents": {q["doc_id"]: {"title": q["article"]} for q in answerable}}
+        (home / "corpus" / MANIFEST).write_text(yaml.safe_dump(manifest), encoding="utf-8")
         off_corpus, _ = write_corpus(NATURAL, home / "not-indexed", titles[half:])
         settings = Settings(home=home / "index", corpus=home / "corpus")
         ingest(settings.corpus, settings, get_embedder())
