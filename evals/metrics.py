@@ -43,7 +43,8 @@ BENCHMARKS = {
     "natural": (
         "Natural-question benchmark",
         "search-engine questions of QED dev (Natural Questions), half of its articles indexed, each paragraph "
-        "a document; the unanswerable ones are the other half's, off-corpus (`python -m evals.squad --natural`)",
+        "a document titled by its article; the unanswerable ones are the other half's, off-corpus "
+        "(`python -m evals.squad --natural`)",
     ),
 }
 # Their figures, in table order; shared names mean the same as above.
