@@ -15,7 +15,7 @@ from app.embed import Embedder
 from app.index import Store
 from app.settings import Settings
 from app.split import sentence_spans
-from ingest.build import ingest
+from ingest.build import HNSW_EF_SEARCH, ingest
 from ingest.clean import clean
 from ingest.load import load
 from tests.conftest import CORPUS, ROOT, make_settings
@@ -273,6 +273,11 @@ def test_cli_ingest_json(tmp_path: Path, corpus_copy: Path):
     summary = json.loads(out.stdout)
     assert set(summary) == {"added", "updated", "removed", "unchanged", "chunks_embedded", "skipped"}
     assert summary["added"] == 5
+
+
+def test_the_dense_search_explores_enough_neighbours_to_repeat_itself(seed_snapshot):
+    # HNSW_EF_SEARCH is set when the collection is made; Chroma's default of 100 varied between runs.
+    assert seed_snapshot._collection.configuration["hnsw"]["ef_search"] == HNSW_EF_SEARCH
 
 
 def test_no_default_embedding_function_or_openai(seed_snapshot):
