@@ -104,7 +104,7 @@ def test_ingest_ask_and_reingest_against_a_chroma_server(
     snapshot = store.open()
     assert collection_name(gen1) in collections(chroma.url)
     assert snapshot._collection.count() == snapshot.n_chunks
-    assert snapshot._collection.configuration["hnsw"]["ef_search"] == HNSW_EF_SEARCH
+    assert snapshot._collection.configuration_json["hnsw"]["ef_search"] == HNSW_EF_SEARCH
     answer = check_citations(snapshot, embedder, settings, "When did the focused visit take place?")
     assert not answer.abstained and any(c.doc_id.startswith("ofsted") for c in answer.citations)
     check_citations(snapshot, embedder, settings, "What is the capital of France?")

@@ -277,7 +277,7 @@ def test_cli_ingest_json(tmp_path: Path, corpus_copy: Path):
 
 def test_the_dense_search_explores_enough_neighbours_to_repeat_itself(seed_snapshot):
     # HNSW_EF_SEARCH is set when the collection is made; Chroma's default of 100 varied between runs.
-    assert seed_snapshot._collection.configuration["hnsw"]["ef_search"] == HNSW_EF_SEARCH
+    assert seed_snapshot._collection.configuration_json["hnsw"]["ef_search"] == HNSW_EF_SEARCH
 
 
 def test_no_default_embedding_function_or_openai(seed_snapshot):
