@@ -31,12 +31,13 @@ from app.read import get_reader, read
 from app.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
-from app.train import CALIBRATION_ARTICLES, EVAL_ARTICLES, holds_answer, write_corpus
+from app.train import CALIBRATION_ARTICLES, DEV, EVAL_ARTICLES, SQUAD, holds_answer, write_corpus
 from evals import metrics
 from ingest.build import MANIFEST, ingest
 
-SPLIT = Path(__file__).resolve().parent / "data" / "squad-dev-split.json"
-NATURAL = SPLIT.parent / "qed-dev.json"
+# The vendored files, where app/train.py keeps them apart by use.
+SPLIT = SQUAD
+NATURAL = DEV
 # Which half of QED dev's articles the natural-question benchmark indexes: a fixed shuffle of their titles.
 NATURAL_SEED = 7
 # The best score of a question with no sentence that may answer (below any evidence score).
