@@ -11,7 +11,7 @@ import pytest
 
 from app.answer import ask
 from app.errors import ModelUnavailable
-from app.read import MODEL_DIR, Reader, get_reader, read, to_read
+from app.read import MODEL_DIR, THREADS, Reader, get_reader, read, to_read
 from app.retrieve import retrieve
 from app.train import (
     SQUAD,
@@ -49,6 +49,20 @@ def test_committed_model_ranks_the_answer_above_a_distractor():
     assert scores.shape == (3,)
     assert ((scores >= 0) & (scores <= 1)).all()
     assert int(np.argmax(scores)) == 1
+
+
+def test_a_lone_call_takes_more_threads_and_no_score_depends_on_it():
+    reader = get_reader()
+    # A call that finds the reader idle runs on THREADS threads; one that overlaps it, on one.
+    with reader.session() as first, reader.session() as second:
+        assert first.get_session_options().intra_op_num_threads == THREADS > 1
+        assert second.get_session_options().intra_op_num_threads == 1
+    with reader.session() as again:
+        assert again is first
+    # An answer must not depend on which: the scores are the same on either.
+    one = Reader(MODEL_DIR / "reader.onnx", MODEL_DIR / "tokenizer.json", threads=1)
+    for question, texts, _ in random.Random(3).sample(held_out_questions(), 20):
+        assert np.array_equal(reader.score(question, texts), one.score(question, texts))
 
 
 def test_committed_model_finds_the_answer_sentence_in_held_out_squad_paragraphs():
