@@ -12,6 +12,8 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 # Bump when the exported graph changes, so caches made by an older export are not reused.
 EXPORT_VERSION = 1
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Threads for a call that finds its model idle (the query encoder here, the reader in app/read.py). A
+# second thread cuts a lone call by about a third on this 2-core machine (a question's embedding 4.1 ms
+# against 6.5), but taken by every call it cost 8 concurrent clients about 13 % of their throughput, so a
+# call that overlaps another runs on one (README, "The reader", Threads).
+IDLE_THREADS = 2
 
 
 def model_path() -> Path:
@@ -43,7 +50,6 @@ class Embedder:
     """Encodes texts into unit-length float32 vectors."""
 
     def __init__(self, cache: Path) -> None:
-        import onnxruntime
         from tokenizers import Tokenizer
 
         source = model_path()
@@ -56,31 +62,22 @@ class Embedder:
         self._batch_tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         self._batch_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._batch_tokenizer.enable_truncation(max_tokens)
-        self._ort = onnxruntime
-        # One thread per query: a 6-layer model on one short question gains little from a second core,
-        # and concurrent requests then run side by side instead of fighting over both cores.
         try:
-            self._query_session = self._session(threads=1)
+            self.lanes = Lanes(self.onnx_file)
         except Exception:  # onnxruntime raises its own untyped errors for a damaged file
             # A cache file damaged after it was written (a full disk, a stray edit): export it again.
             self.onnx_file.unlink(missing_ok=True)
             self.onnx_file = exported(source, cache)
-            self._query_session = self._session(threads=1)
+            self.lanes = Lanes(self.onnx_file)
         self._batch_session: Any = None
         self._batch_lock = threading.Lock()
 
-    def _session(self, threads: int) -> Any:
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        return self._ort.InferenceSession(str(self.onnx_file), options, providers=["CPUExecutionProvider"])
-
     def encode_query(self, text: str) -> np.ndarray:
-        """One text, unpadded, on one core."""
+        """One text, unpadded."""
         ids = np.asarray([self._query_tokenizer.encode(text).ids], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        return np.asarray(self._query_session.run(None, feed)[0][0], dtype=np.float32)
+        with self.lanes.session() as session:
+            return np.asarray(session.run(None, feed)[0][0], dtype=np.float32)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Return an (n, 384) array of normalised embeddings, using every core.
@@ -93,7 +90,7 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._batch_lock:
             if self._batch_session is None:
-                self._batch_session = self._session(threads=os.cpu_count() or 1)
+                self._batch_session = ort_session(self.onnx_file, os.cpu_count() or 1, spin=True)
             for lo in range(0, len(order), batch_size):
                 rows = order[lo : lo + batch_size]
                 encodings = self._batch_tokenizer.encode_batch([texts[i] for i in rows])
@@ -102,6 +99,43 @@ class Embedder:
                 feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
                 out[rows] = self._batch_session.run(None, feed)[0]
         return out
+
+
+def ort_session(model_file: Path, threads: int, spin: bool = False) -> Any:
+    """An ONNX Runtime session of a model file on `threads` threads. Unless `spin`, a waiting thread sleeps
+    rather than spins, so that it never burns a core a concurrent call could use."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+class Lanes:
+    """Two sessions of one model: a wide one for a call that finds the model idle, a narrow one for a call
+    that overlaps another. ONNX Runtime gives the same numbers on either, so no result depends on the load."""
+
+    def __init__(self, model_file: Path, threads: int = IDLE_THREADS) -> None:
+        self.narrow: Any = ort_session(model_file, 1)
+        self.wide: Any = ort_session(model_file, threads) if threads > 1 else self.narrow
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """The session for one call."""
+        with self._lock:
+            alone = not self._running
+            self._running += 1
+        try:
+            yield self.wide if alone else self.narrow
+        finally:
+            with self._lock:
+                self._running -= 1
 
 
 def exported(source: Path, cache: Path) -> Path:

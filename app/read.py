@@ -1,20 +1,17 @@
 """The reader: citeqa's own cross-encoder, which scores how well each sentence answers a question.
 
 Trained by `make reader` (app/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
-ONNX Runtime, on THREADS threads for a call that finds the reader idle and on one for a call that overlaps
-another.
+ONNX Runtime on two threads for a call that finds the reader idle and on one for a call that overlaps
+another (app.embed.Lanes).
 """
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from app.embed import Lanes
 from app.errors import ModelUnavailable
 from app.index import Snapshot
 from app.retrieve import Evidence, Retrieval
@@ -36,17 +33,12 @@ RANK_FRAME_WEIGHT = 0.306
 RANK_COVERAGE_WEIGHT = 7.017
 # Pairs run together in one call of the model (see Reader.score).
 GROUP = 4
-# Threads for a call that finds the reader idle. The reader is most of a question's time, and a second
-# thread cuts a lone question's /ask p50 by about a sixth on this 2-core machine; but when every call took
-# two, 8 concurrent clients lost about 15 % of their throughput to the contention, so a call that overlaps
-# another runs on one thread (README, "The reader"). The scores are the same either way.
-THREADS = 2
 
 
 class Reader:
     """Scores (question, sentence) pairs: the probability that the sentence answers the question."""
 
-    def __init__(self, model_file: Path, tokenizer_file: Path, threads: int = THREADS) -> None:
+    def __init__(self, model_file: Path, tokenizer_file: Path) -> None:
         from tokenizers import Tokenizer
 
         if not model_file.is_file() or not tokenizer_file.is_file():
@@ -55,24 +47,9 @@ class Reader:
         self._tokenizer.enable_truncation(MAX_TOKENS, strategy="longest_first")
         self._tokenizer.no_padding()
         try:
-            self._narrow: Any = _session(model_file, 1)
-            self._wide: Any = _session(model_file, threads) if threads > 1 else self._narrow
+            self.lanes = Lanes(model_file)
         except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged file
             raise ModelUnavailable(f"the reader model {model_file} cannot be loaded: {exc}") from exc
-        self._lock = threading.Lock()
-        self._running = 0
-
-    @contextmanager
-    def session(self) -> Iterator[Any]:
-        """The session for one call: the wide one when no other call is running, else the narrow one."""
-        with self._lock:
-            alone = not self._running
-            self._running += 1
-        try:
-            yield self._wide if alone else self._narrow
-        finally:
-            with self._lock:
-                self._running -= 1
 
     def score(self, question: str, sentences: list[str]) -> np.ndarray:
         """One probability per sentence, in the order given."""
@@ -83,7 +60,7 @@ class Reader:
         # Shortest first, in small groups: each group pads only to its own longest pair, and padding is
         # most of the cost of one big batch of mixed lengths.
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        with self.session() as session:
+        with self.lanes.session() as session:
             for lo in range(0, len(order), GROUP):
                 rows = order[lo : lo + GROUP]
                 width = len(encodings[rows[-1]].ids)
@@ -98,19 +75,6 @@ class Reader:
                 feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
                 out[rows] = np.asarray(session.run(None, feed)[0], dtype=np.float32).reshape(-1)
         return out
-
-
-def _session(model_file: Path, threads: int) -> Any:
-    """An ONNX Runtime session of the model on `threads` threads."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # A waiting thread sleeps instead of spinning, so a call never burns a core another call could use.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
 def get_reader(model_dir: Path | None = None) -> Reader:
