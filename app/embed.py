@@ -32,10 +32,10 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 # Bump when the exported graph changes, so caches made by an older export are not reused.
 EXPORT_VERSION = 1
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Threads for a call that finds its model idle (the query encoder here, the reader in app/read.py). A
-# second thread cuts a lone call by about a third on this 2-core machine (a question's embedding 4.1 ms
-# against 6.5), but taken by every call it cost 8 concurrent clients about 13 % of their throughput, so a
-# call that overlaps another runs on one (README, "The reader", Threads).
+# Threads for a call that finds its model idle (see Lanes; the reader, app/read.py). A second thread cuts
+# a lone reader call by about a quarter on this 2-core machine, but taken by every call it cost 8
+# concurrent clients about 13 % of their throughput, so a call that overlaps another runs on one (README,
+# "The reader", Threads).
 IDLE_THREADS = 2
 
 
@@ -62,22 +62,24 @@ class Embedder:
         self._batch_tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         self._batch_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._batch_tokenizer.enable_truncation(max_tokens)
+        # One thread per query. A second would save about a millisecond when the server is idle, but a
+        # second session of this fp32 model costs about 110 MB (the reader's int8 one, 26 MB, earns its
+        # place; README, "The reader", Threads).
         try:
-            self.lanes = Lanes(self.onnx_file)
+            self._query_session = ort_session(self.onnx_file, 1)
         except Exception:  # onnxruntime raises its own untyped errors for a damaged file
             # A cache file damaged after it was written (a full disk, a stray edit): export it again.
             self.onnx_file.unlink(missing_ok=True)
             self.onnx_file = exported(source, cache)
-            self.lanes = Lanes(self.onnx_file)
+            self._query_session = ort_session(self.onnx_file, 1)
         self._batch_session: Any = None
         self._batch_lock = threading.Lock()
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One text, unpadded."""
+        """One text, unpadded, on one core."""
         ids = np.asarray([self._query_tokenizer.encode(text).ids], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        with self.lanes.session() as session:
-            return np.asarray(session.run(None, feed)[0][0], dtype=np.float32)
+        return np.asarray(self._query_session.run(None, feed)[0][0], dtype=np.float32)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Return an (n, 384) array of normalised embeddings, using every core.

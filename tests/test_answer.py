@@ -357,17 +357,6 @@ def test_concurrent_queries_are_exact(embedder):
     assert np.allclose(np.vstack(vectors), embedder.encode(texts), atol=1e-5)
 
 
-def test_a_querys_vector_does_not_depend_on_the_load(embedder):
-    import numpy as np
-
-    # A query that finds the encoder idle runs on more threads than one that overlaps another; the dense
-    # search, and so the answer, must not depend on which.
-    for text in ["When did the focused visit take place?", "Kirklees", "¿Qué pasó? 🙂 " * 40]:
-        alone = embedder.encode_query(text)
-        with embedder.lanes.session():
-            assert np.array_equal(embedder.encode_query(text), alone)
-
-
 def test_encoder_matches_sentence_transformers(embedder):
     """The ONNX export computes what the packaged sentence-transformers model computes, to float precision."""
     import numpy as np
