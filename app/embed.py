@@ -12,8 +12,6 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,6 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 # Bump when the exported graph changes, so caches made by an older export are not reused.
 EXPORT_VERSION = 1
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Threads for a call that finds its model idle (see Lanes; the reader, app/read.py). A second thread cuts
-# a lone reader call by about a quarter on this 2-core machine, but taken by every call it cost 8
-# concurrent clients about 13 % of their throughput, so a call that overlaps another runs on one (README,
-# "The reader", Threads).
-IDLE_THREADS = 2
 
 
 def model_path() -> Path:
@@ -64,7 +57,7 @@ class Embedder:
         self._batch_tokenizer.enable_truncation(max_tokens)
         # One thread per query. A second would save about a millisecond when the server is idle, but a
         # second session of this fp32 model costs about 110 MB (the reader's int8 one, 26 MB, earns its
-        # place; README, "The reader", Threads).
+        # place: app/read.py, Lanes).
         try:
             self._query_session = ort_session(self.onnx_file, 1)
         except Exception:  # onnxruntime raises its own untyped errors for a damaged file
@@ -115,29 +108,6 @@ def ort_session(model_file: Path, threads: int, spin: bool = False) -> Any:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-
-
-class Lanes:
-    """Two sessions of one model: a wide one for a call that finds the model idle, a narrow one for a call
-    that overlaps another. ONNX Runtime gives the same numbers on either, so no result depends on the load."""
-
-    def __init__(self, model_file: Path, threads: int = IDLE_THREADS) -> None:
-        self.narrow: Any = ort_session(model_file, 1)
-        self.wide: Any = ort_session(model_file, threads) if threads > 1 else self.narrow
-        self._lock = threading.Lock()
-        self._running = 0
-
-    @contextmanager
-    def session(self) -> Iterator[Any]:
-        """The session for one call."""
-        with self._lock:
-            alone = not self._running
-            self._running += 1
-        try:
-            yield self.wide if alone else self.narrow
-        finally:
-            with self._lock:
-                self._running -= 1
 
 
 def exported(source: Path, cache: Path) -> Path:

@@ -2,16 +2,20 @@
 
 Trained by `make reader` (app/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
 ONNX Runtime on two threads for a call that finds the reader idle and on one for a call that overlaps
-another (app.embed.Lanes).
+another (Lanes).
 """
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from app.embed import Lanes
+from app.embed import ort_session
 from app.errors import ModelUnavailable
 from app.index import Snapshot
 from app.retrieve import Evidence, Retrieval
@@ -33,6 +37,33 @@ RANK_FRAME_WEIGHT = 0.306
 RANK_COVERAGE_WEIGHT = 7.017
 # Pairs run together in one call of the model (see Reader.score).
 GROUP = 4
+# Threads for a call that finds the reader idle (Lanes). A second thread cuts a lone call by about a
+# quarter on this 2-core machine, but taken by every call it cost 8 concurrent clients about 13 % of their
+# throughput, so a call that overlaps another runs on one (README, "The reader", Threads).
+IDLE_THREADS = 2
+
+
+class Lanes:
+    """Two sessions of one model: a wide one for a call that finds the model idle, a narrow one for a call
+    that overlaps another. ONNX Runtime gives the same numbers on either, so no result depends on the load."""
+
+    def __init__(self, model_file: Path, threads: int = IDLE_THREADS) -> None:
+        self.narrow: Any = ort_session(model_file, 1)
+        self.wide: Any = ort_session(model_file, threads) if threads > 1 else self.narrow
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """The session for one call."""
+        with self._lock:
+            alone = not self._running
+            self._running += 1
+        try:
+            yield self.wide if alone else self.narrow
+        finally:
+            with self._lock:
+                self._running -= 1
 
 
 class Reader:

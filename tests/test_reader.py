@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from app.answer import ask
-from app.embed import IDLE_THREADS
 from app.errors import ModelUnavailable
-from app.read import MODEL_DIR, Reader, get_reader, read, to_read
+from app.read import IDLE_THREADS, MODEL_DIR, Reader, get_reader, read, to_read
 from app.retrieve import retrieve
 from app.train import (
     SQUAD,
