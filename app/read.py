@@ -47,9 +47,9 @@ class Lanes:
     """Two sessions of one model: a wide one for a call that finds the model idle, a narrow one for a call
     that overlaps another. ONNX Runtime gives the same numbers on either, so no result depends on the load."""
 
-    def __init__(self, model_file: Path, threads: int = IDLE_THREADS) -> None:
+    def __init__(self, model_file: Path) -> None:
         self.narrow: Any = ort_session(model_file, 1)
-        self.wide: Any = ort_session(model_file, threads) if threads > 1 else self.narrow
+        self.wide: Any = ort_session(model_file, IDLE_THREADS)
         self._lock = threading.Lock()
         self._running = 0
 
