@@ -73,10 +73,17 @@ def _moved(items: list[dict[str, Any]], k: int, step: int) -> list[dict[str, Any
     return out
 
 
+def _remove(folder: str | None) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def briefing_panel(settings: Settings, chat: gr.State) -> None:
     """The panel's components and events, placed in the current Blocks layout; the briefing lives in the session."""
     brief = gr.State([])
-    built = gr.State(None)  # the folder holding the files last offered for download
+    # The folder holding the files last offered for download. Gradio drops a session's state an hour after
+    # its tab closes, and the folder goes with it, so a long-running server does not collect one per visitor.
+    built = gr.State(None, delete_callback=_remove)
     with gr.Column(elem_id="cq-briefing"):
         gr.Markdown("### Briefing")
         title = gr.Textbox(

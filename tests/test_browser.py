@@ -3,6 +3,7 @@ and markup in documents or questions shown as text, never run."""
 
 import html
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,18 +52,26 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def site(
-    seed_settings: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the browser tests' server: its index, corpus, log and temporary files (`tmp`)."""
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def site(seed_settings: Settings, embedder: Embedder, site_root: Path) -> Iterator[str]:
     """A real server on the seed index, copied and extended with a document full of markup."""
-    root = tmp_path_factory.mktemp("browser")
+    root = site_root
     home, corpus = root / "home", root / "corpus"
     shutil.copytree(seed_settings.home, home)
     shutil.copytree(seed_settings.corpus, corpus)
     (corpus / XSS_FILE).write_text(XSS_TEXT, encoding="utf-8")
     summary = ingest(corpus, seed_settings.model_copy(update={"home": home, "corpus": corpus}), embedder)
     assert summary.added == 1
-    proc, base = serve(home, corpus, root / "server.log")
+    (root / "tmp").mkdir()
+    # Its own temporary folder, so a test can see what the server leaves there; GRADIO_IS_E2E_TEST makes
+    # Gradio drop a closed tab's session after a second instead of an hour, and changes nothing else we use.
+    extra = {"TMPDIR": str(root / "tmp"), "GRADIO_IS_E2E_TEST": "1"}
+    proc, base = serve(home, corpus, root / "server.log", extra)
     try:
         yield base
     finally:
@@ -439,3 +448,25 @@ def test_briefing_collects_two_answers_and_downloads_word_footnotes(
     page.wait_for_selector("#cq-brief-remove-1", state="detached", timeout=30_000)
     assert briefing_rows(page) == [SEED_QUESTION]
     assert page.locator("#cq-add-2").is_enabled()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_closed_sessions_briefing_files_are_removed(browser: Any, site: str, site_root: Path) -> None:
+    """The files offered for download live in a folder per session, removed when Gradio drops the session."""
+    folders = site_root / "tmp"
+    before = set(folders.glob("citeqa-briefing-*"))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.goto(f"{site}/ui/")
+    tab.wait_for_selector("#cq-question textarea", timeout=60_000)
+    ask_ui(tab, SEED_QUESTION, 1)
+    tab.locator("#cq-chat a.cq-add").nth(0).click()
+    wait_ready(tab, 1)
+    [folder] = set(folders.glob("citeqa-briefing-*")) - before
+    assert sorted(p.suffix for p in folder.iterdir()) == [".docx", ".md"]
+    context.close()
+    deadline = time.monotonic() + 30
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not folder.exists()
