@@ -452,20 +452,16 @@ def test_briefing_collects_two_answers_and_downloads_word_footnotes(
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_a_closed_sessions_briefing_files_are_removed(browser: Any, site: str, site_root: Path) -> None:
+def test_a_closed_sessions_briefing_files_are_removed(page: Any, site_root: Path) -> None:
     """The files offered for download live in a folder per session, removed when Gradio drops the session."""
     folders = site_root / "tmp"
     before = set(folders.glob("citeqa-briefing-*"))
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    tab = context.new_page()
-    tab.goto(f"{site}/ui/")
-    tab.wait_for_selector("#cq-question textarea", timeout=60_000)
-    ask_ui(tab, SEED_QUESTION, 1)
-    tab.locator("#cq-chat a.cq-add").nth(0).click()
-    wait_ready(tab, 1)
+    ask_ui(page, SEED_QUESTION, 1)
+    page.locator("#cq-chat a.cq-add").nth(0).click()
+    wait_ready(page, 1)
     [folder] = set(folders.glob("citeqa-briefing-*")) - before
     assert sorted(p.suffix for p in folder.iterdir()) == [".docx", ".md"]
-    context.close()
+    page.context.close()  # the tab closes; Gradio marks its session closed
     deadline = time.monotonic() + 30
     while folder.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
