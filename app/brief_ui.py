@@ -74,6 +74,7 @@ def _moved(items: list[dict[str, Any]], k: int, step: int) -> list[dict[str, Any
 
 
 def _remove(folder: str | None) -> None:
+    """Delete a folder of briefing files, if there is one."""
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -157,8 +158,7 @@ def briefing_panel(settings: Settings, chat: gr.State) -> None:
     ) -> tuple[Any, ...]:
         off = gr.update(value=None, interactive=False)
         # Gradio copied the previous files into its own cache when it sent them; ours are no longer needed.
-        if previous:
-            shutil.rmtree(previous, ignore_errors=True)
+        _remove(previous)
         if not items:
             return "", off, off, None
         title = squash(name or "") or DEFAULT_TITLE
