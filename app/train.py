@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from app.read import MAX_TOKENS
+from app.read import MAX_TOKENS, reads
 from app.split import sentence_spans, squash, terms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +91,17 @@ class Pair:
 
 
 def paragraphs(path: Path, articles: Iterable[str] | None = None) -> Iterable[dict[str, Any]]:
-    """The paragraphs of a SQuAD 2.0 JSON file, optionally only those of the named articles."""
+    """The paragraphs of a SQuAD 2.0 JSON file, optionally only those of the named articles, each with its
+    article's title."""
     wanted = set(articles) if articles is not None else None
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         if wanted is None or article.get("title") in wanted:
-            yield from article["paragraphs"]
+            yield from ({**para, "title": title_of(article)} for para in article["paragraphs"])
+
+
+def title_of(article: dict[str, Any]) -> str:
+    """An article's title as its documents state it ("Steam engine" for "Steam_engine"; none for COVID-QA)."""
+    return (article.get("title") or "").replace("_", " ")
 
 
 def _overlap(question: set[str], sentence: str) -> int:
@@ -129,7 +136,7 @@ def groups(paras: Iterable[dict[str, Any]], rng: random.Random) -> dict[str, Gro
     out: dict[str, Group] = {}
     others = _Distractors(paras)
     for number, para in enumerate(paras):
-        context = para["context"]
+        context, title = para["context"], para.get("title", "")
         spans = sentence_spans(context)
         if not spans:
             continue
@@ -140,7 +147,7 @@ def groups(paras: Iterable[dict[str, Any]], rng: random.Random) -> dict[str, Gro
             if qa.get("is_impossible"):
                 ranked = sorted(spans, key=lambda s: -_overlap(asked, context[s[0] : s[1]]))
                 group.add(
-                    Pair(question, context[s:e], 0.0, IMPOSSIBLE_WEIGHT)
+                    Pair(question, reads(title, context[s:e]), 0.0, IMPOSSIBLE_WEIGHT)
                     for s, e in ranked[:IMPOSSIBLE_NEGATIVES]
                 )
                 out[qa["id"]] = group
@@ -149,7 +156,7 @@ def groups(paras: Iterable[dict[str, Any]], rng: random.Random) -> dict[str, Gro
             hits = [i for i, (s, e) in enumerate(spans) if any(s <= a < e for a in starts)]
             if not hits:
                 continue
-            group.add(Pair(question, context[spans[i][0] : spans[i][1]], 1.0) for i in hits)
+            group.add(Pair(question, reads(title, context[spans[i][0] : spans[i][1]]), 1.0) for i in hits)
             pool = [
                 i
                 for i in range(max(0, hits[0] - NEAR), min(len(spans), hits[-1] + NEAR + 1))
@@ -159,7 +166,7 @@ def groups(paras: Iterable[dict[str, Any]], rng: random.Random) -> dict[str, Gro
             chosen = hard[:HARD_NEGATIVES]
             rest = [i for i in pool if i not in chosen]
             chosen += rng.sample(rest, min(RANDOM_NEGATIVES, len(rest)))
-            group.add(Pair(question, context[spans[i][0] : spans[i][1]], 0.0) for i in chosen)
+            group.add(Pair(question, reads(title, context[spans[i][0] : spans[i][1]]), 0.0) for i in chosen)
             golds = [a["text"].lower() for a in qa["answers"] if a["text"].strip()]
             group.add(Pair(question, text, 0.0) for text in others.near(asked, number, golds))
             out[qa["id"]] = group
@@ -171,6 +178,7 @@ class _Distractors:
 
     def __init__(self, paras: list[dict[str, Any]]) -> None:
         self.texts: list[str] = []
+        self.titles: list[str] = []
         self.owner: list[int] = []
         postings: defaultdict[str, list[int]] = defaultdict(list)
         for number, para in enumerate(paras):
@@ -178,6 +186,7 @@ class _Distractors:
                 for term in set(terms(para["context"][s:e])):
                     postings[term].append(len(self.texts))
                 self.texts.append(para["context"][s:e])
+                self.titles.append(para.get("title", ""))
                 self.owner.append(number)
         limit = max(2, COMMON_SHARE * len(self.texts))
         self.postings = {t: rows for t, rows in postings.items() if len(rows) <= limit}
@@ -195,19 +204,23 @@ class _Distractors:
                 break
             text = self.texts[row]
             if self.owner[row] != para and not any(g in text.lower() for g in golds):
-                out.append(text)
+                out.append(reads(self.titles[row], text))
         return out
 
 
 def write_corpus(
     path: Path, folder: Path, articles: Iterable[str] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write one file per paragraph of a SQuAD 2.0 JSON file (optionally of the named articles only);
-    return its (answerable, unanswerable) questions, each with its document id and gold answer texts."""
+    """Write one file per paragraph of a SQuAD 2.0 JSON file (optionally of the named articles only), titled by
+    its article in the folder's manifest; return its (answerable, unanswerable) questions, each with its
+    document id and gold answer texts."""
+    from ingest.build import MANIFEST
+
     wanted = set(articles) if articles is not None else None
     folder.mkdir(parents=True, exist_ok=True)
     answerable: list[dict[str, Any]] = []
     unanswerable: list[dict[str, Any]] = []
+    titles: dict[str, dict[str, str]] = {}
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         if wanted is not None and article.get("title") not in wanted:
             continue
@@ -215,6 +228,7 @@ def write_corpus(
         for i, para in enumerate(article["paragraphs"]):
             stem = f"{name}-{i:03d}"
             (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
+            titles[f"{stem}.txt"] = {"title": title_of(article)}
             for qa in para["qas"]:
                 item = {
                     "id": qa["id"],
@@ -224,6 +238,7 @@ def write_corpus(
                     "answers": sorted({a["text"] for a in qa["answers"]}),
                 }
                 (unanswerable if qa.get("is_impossible") else answerable).append(item)
+    (folder / MANIFEST).write_text(yaml.safe_dump({"documents": titles}), encoding="utf-8")
     return answerable, unanswerable
 
 
@@ -253,9 +268,10 @@ def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> d
     out: dict[str, list[Pair]] = {}
     for item, weight in [(i, 1.0) for i in answerable] + [(i, IMPOSSIBLE_WEIGHT) for i in unanswerable]:
         found = retrieve(snapshot, embedder, item["question"], settings)
-        texts = [snapshot.doc_list[ev.doc].text[ev.start : ev.end] for ev in to_read(found, budget)]
-        wrong = [t for t in texts if not holds_answer(t, item["answers"])][:MINED_NEGATIVES]
-        out[item["id"]] = [Pair(item["question"], t, 0.0, weight) for t in wrong]
+        docs = [(snapshot.doc_list[ev.doc], ev) for ev in to_read(found, budget)]
+        texts = [(doc.title, doc.text[ev.start : ev.end]) for doc, ev in docs]
+        wrong = [(title, t) for title, t in texts if not holds_answer(t, item["answers"])][:MINED_NEGATIVES]
+        out[item["id"]] = [Pair(item["question"], reads(title, t), 0.0, weight) for title, t in wrong]
     print(f"mined {path.name}: {len(out)} questions", file=log, flush=True)
     return out
 
@@ -422,7 +438,7 @@ def _located(paras: Iterable[dict[str, Any]]) -> list[tuple[str, list[str], set[
     out = []
     for para in paras:
         spans = sentence_spans(para["context"])
-        texts = [para["context"][s:e] for s, e in spans]
+        texts = [reads(para["title"], para["context"][s:e]) for s, e in spans]
         for qa in para["qas"]:
             starts = {a["answer_start"] for a in qa["answers"]}
             gold = {i for i, (s, e) in enumerate(spans) if any(s <= a < e for a in starts)}

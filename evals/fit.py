@@ -128,17 +128,22 @@ def logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w
 
 
-def fit_candidates(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:
+def fit_frame(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """FRAME_PENALTY: the unframed weight relative to the score's, fitted pointwise on the score before the
-    penalty; and the reader's rank (app/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the
-    unframed flag and the chunk coverage, listwise over each question whose candidates hold a gold answer."""
+    penalty over every candidate (x as candidate_examples gives it). It moves the score, and with it
+    abstention, so it is fitted on the calibration articles alone."""
     raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
     frame = logistic(np.column_stack([raw, x[:, 1]]), y)
+    return {"candidates": len(y), "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2)}
+
+
+def fit_rank(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:
+    """The reader's rank (app/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the unframed
+    flag and the chunk coverage, listwise over each question whose candidates hold a gold answer."""
     ranked = [(x[question == n][:, [2, 0, 1, 3]], y[question == n]) for n in np.unique(question)]
     rank = rank_weights([(z, t) for z, t in ranked if t.any()])
     return {
-        "candidates": len(y),
-        "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2),
+        "rank_questions": sum(bool(t.any()) for _, t in ranked),
         "RANK_READER_WEIGHT": round(float(rank[0]), 3),
         "RANK_HYBRID_WEIGHT": round(float(rank[1]), 3),
         "RANK_FRAME_WEIGHT": round(float(rank[2]), 3),

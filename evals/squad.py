@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from app.answer import ask, candidates, passages
 from app.embed import get_embedder
@@ -33,11 +32,14 @@ from app.schemas import Answer
 from app.settings import Settings
 from app.train import CALIBRATION_ARTICLES, DEV, EVAL_ARTICLES, SQUAD, holds_answer, write_corpus
 from evals import metrics
-from ingest.build import MANIFEST, ingest
+from ingest.build import ingest
 
 # The vendored files, where app/train.py keeps them apart by use.
 SPLIT = SQUAD
 NATURAL = DEV
+# Natural questions for fitting the reader's rank beside the calibration articles: 650 QED training articles
+# none of whose questions the reader trains on (evals/data/README.md says how they were chosen).
+NATURAL_FIT = DEV.parent / "qed-fit.json"
 # Which half of QED dev's articles the natural-question benchmark indexes: a fixed shuffle of their titles.
 NATURAL_SEED = 7
 # The best score of a question with no sentence that may answer (below any evidence score).
@@ -130,9 +132,6 @@ def natural(home: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="citeqa-natural-") as tmp:
         home = home or Path(tmp)
         answerable, _ = write_corpus(NATURAL, home / "corpus", titles[:half])
-        # Each paragraph is titled by its article, as a document states its own title (corpus/manifest.yaml).
-        manifest = {"documents": {q["doc_id"]: {"title": q["article"]} for q in answerable}}
-        (home / "corpus" / MANIFEST).write_text(yaml.safe_dump(manifest), encoding="utf-8")
         off_corpus, _ = write_corpus(NATURAL, home / "not-indexed", titles[half:])
         settings = Settings(home=home / "index", corpus=home / "corpus")
         ingest(settings.corpus, settings, get_embedder())
@@ -222,14 +221,28 @@ def calibrate(
 def fit_scorer(
     settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the answerable questions, and the
-    FRAME_PENALTY and the reader's rank weights (app/read.py) on all of them."""
-    from evals.fit import candidate_examples, examples, fit, fit_candidates
+    """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the calibration articles' answerable
+    questions and FRAME_PENALTY on all of them; the reader's rank weights (app/read.py) on those and on the
+    natural questions of NATURAL_FIT, indexed beside them (`settings.home`'s folder)."""
+    from evals.fit import candidate_examples, examples, fit, fit_frame, fit_rank
 
-    snapshot, embedder = Store(settings).open(), get_embedder()
+    embedder = get_embedder()
+    snapshot = Store(settings).open()
+    x, y, question = candidate_examples(snapshot, embedder, settings, answerable + unanswerable)
+    require(NATURAL_FIT)
+    home = settings.home.parent / "natural-fit"
+    natural_items, _ = write_corpus(NATURAL_FIT, home / "corpus")
+    natural_settings = settings.model_copy(update={"home": home / "index", "corpus": home / "corpus"})
+    ingest(natural_settings.corpus, natural_settings, embedder)
+    xn, yn, qn = candidate_examples(Store(natural_settings).open(), embedder, natural_settings, natural_items)
     return {
         **fit(examples(snapshot, embedder, settings, answerable)),
-        **fit_candidates(*candidate_examples(snapshot, embedder, settings, answerable + unanswerable)),
+        **fit_frame(x, y),
+        **fit_rank(
+            np.vstack([x, xn]),
+            np.concatenate([y, yn]),
+            np.concatenate([question, qn + len(answerable + unanswerable)]),
+        ),
     }
 
 

@@ -20,7 +20,7 @@ from app.retrieve import CHUNK_COVERAGE_WEIGHT
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
 from evals import metrics, report, squad
-from evals.fit import fit, fit_candidates
+from evals.fit import fit, fit_frame, fit_rank
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
 
@@ -71,11 +71,11 @@ def test_reader_fit_ranks_listwise_on_answerable_questions_only() -> None:
         rows.append(x)
         labels.append(y)
         question += [number] * 8
-    result = fit_candidates(np.vstack(rows), np.concatenate(labels), np.array(question))
-    assert result["candidates"] == 3200
+    result = fit_rank(np.vstack(rows), np.concatenate(labels), np.array(question))
+    assert result["rank_questions"] == 300
     assert result["RANK_COVERAGE_WEIGHT"] / result["RANK_READER_WEIGHT"] == pytest.approx(1 / 1.5, abs=0.15)
     assert abs(result["RANK_HYBRID_WEIGHT"]) < 0.3 and abs(result["RANK_FRAME_WEIGHT"]) < 0.3
-    assert "FRAME_PENALTY" in result
+    assert fit_frame(np.vstack(rows), np.concatenate(labels))["candidates"] == 3200
 
 
 # --- metric functions -------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_fit_with_the_reader_off_is_a_clear_error(
 
 
 def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
-    for split in (squad.SPLIT, squad.NATURAL):
+    for split in (squad.SPLIT, squad.NATURAL, squad.NATURAL_FIT):
         assert split.is_relative_to(ROOT / "evals" / "data") and split.is_file()
     licences = (squad.SPLIT.parent / "README.md").read_text(encoding="utf-8")
     assert "CC BY-SA 4.0" in licences and "CC BY-SA 3.0" in licences
@@ -344,7 +344,7 @@ def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -
     named = [
         f"{p.relative_to(ROOT)}: {needle}"
         for p in places
-        if p not in (squad.SPLIT, squad.NATURAL) and "cache" not in p.parts
+        if p not in (squad.SPLIT, squad.NATURAL, squad.NATURAL_FIT) and "cache" not in p.parts
         for needle in needles
         if needle in p.read_text(encoding="utf-8", errors="replace")
     ]

@@ -8,10 +8,22 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 
 from app.answer import ask
 from app.errors import ModelUnavailable
-from app.read import IDLE_THREADS, MODEL_DIR, Reader, get_reader, read, to_read
+from app.read import (
+    IDLE_THREADS,
+    MODEL_DIR,
+    TITLE_WORDS,
+    Reader,
+    get_reader,
+    logits,
+    read,
+    reads,
+    scored,
+    to_read,
+)
 from app.retrieve import retrieve
 from app.train import (
     SQUAD,
@@ -26,6 +38,7 @@ from app.train import (
     mined,
     paragraphs,
     tokenizer,
+    write_corpus,
 )
 from tests.conftest import ROOT
 
@@ -171,11 +184,42 @@ def test_mined_negatives_come_from_retrieval_and_never_hold_the_answer(tmp_path)
     source.write_text(json.dumps({"data": [{"title": "Alpha", "paragraphs": _three_paragraphs()}]}))
     log = io.StringIO()
     out = mined(source, None, tmp_path / "work", log)
-    assert "Alpha has a river museum." in [p.sentence for p in out["a"]]
+    assert "Alpha [SEP] Alpha has a river museum." in [p.sentence for p in out["a"]]
     assert all("Beta" not in p.sentence for p in out["a"]) and 0 < len(out["a"]) <= 3
     assert out["b"] and all(p.weight > 1 for p in out["b"])
     assert all(p.label == 0.0 for pairs in out.values() for p in pairs)
     assert "mined tiny.json: 2 questions" in log.getvalue()
+
+
+def test_training_pairs_and_benchmark_documents_carry_their_articles_title(tmp_path):
+    assert reads("Steam engine", "It ran on coal.") == "Steam engine [SEP] It ran on coal."
+    assert reads("", "It ran on coal.") == "It ran on coal."
+    assert reads(" ".join(["word"] * 30), "S.") == " ".join(["word"] * TITLE_WORDS) + " [SEP] S."
+    source = tmp_path / "tiny.json"
+    source.write_text(json.dumps({"data": [{"title": "River_towns", "paragraphs": _three_paragraphs()}]}))
+    pairs = groups(paragraphs(source), random.Random(0))["a"].pairs
+    assert [p.sentence for p in pairs if p.label == 1.0] == [
+        "River towns [SEP] It lies on a river called Beta."
+    ]
+    assert all(p.sentence.startswith("River towns [SEP] ") for p in pairs)
+    # The benchmarks' documents state the same title, so the reader reads them in use as it was trained.
+    write_corpus(source, tmp_path / "corpus")
+    manifest = yaml.safe_load((tmp_path / "corpus" / "manifest.yaml").read_text())
+    assert manifest["documents"]["river-towns-000.txt"] == {"title": "River towns"}
+
+
+def test_the_reader_reads_each_candidate_after_its_documents_title(seed_snapshot, embedder, seed_settings):
+    reader = get_reader()
+    found = retrieve(
+        seed_snapshot, embedder, "Which council's services were rated inadequate?", seed_settings
+    )
+    pool = scored(reader, seed_snapshot, found, 8)
+    titled = [reads(seed_snapshot.doc_list[ev.doc].title, text) for ev, text, _ in pool]
+    assert len(pool) == 8 and all(" [SEP] " in t for t in titled)
+    assert np.array_equal([logit for _, _, logit in pool], logits(reader.score(found.query, titled)))
+    # The title is read: the same sentences alone score otherwise.
+    alone = logits(reader.score(found.query, [text for _, text, _ in pool]))
+    assert not np.allclose(alone, [logit for _, _, logit in pool], atol=0.05)
 
 
 def test_group_keeps_one_pair_per_sentence():
