@@ -33,12 +33,12 @@ MAX_TOKENS = 96
 # SQuAD calibration articles' questions and on natural questions of QED training articles the reader never
 # trained on (`python -m evals.squad --fit`, evals/data/qed-fit.json): fitted on SQuAD's alone, whose
 # questions share their paragraph's words, it leant on the hybrid score and gained nothing end to end.
-RANK_READER_WEIGHT = 0.672
-RANK_HYBRID_WEIGHT = 1.769
-RANK_FRAME_WEIGHT = 0.169
-RANK_COVERAGE_WEIGHT = 7.07
+RANK_READER_WEIGHT = 0.729
+RANK_HYBRID_WEIGHT = 2.071
+RANK_FRAME_WEIGHT = 0.147
+RANK_COVERAGE_WEIGHT = 7.415
 # Words of a document's title the reader reads before each of its sentences (see reads).
-TITLE_WORDS = 12
+TITLE_WORDS = 6
 # Pairs run together in one call of the model (see Reader.score).
 GROUP = 4
 # Threads for a call that finds the reader idle (Lanes). A second thread cuts a lone call by about a
