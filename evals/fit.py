@@ -1,4 +1,6 @@
-"""Fitting the ranking and evidence constants on SQuAD questions: `python -m evals.squad --fit`.
+"""Fitting the ranking and evidence constants: `python -m evals.squad --fit`. FRAME_PENALTY and
+CHUNK_COVERAGE_WEIGHT on the SQuAD calibration articles' questions; the reader's rank weights on those and
+the natural questions of evals/data/qed-fit.json.
 
 CHUNK_COVERAGE_WEIGHT orders sentences only, so it comes from a listwise logistic regression (a softmax
 over each answerable question's candidate sentences, with the target spread evenly over the sentences

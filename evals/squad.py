@@ -37,8 +37,9 @@ from ingest.build import ingest
 # The vendored files, where app/train.py keeps them apart by use.
 SPLIT = SQUAD
 NATURAL = DEV
-# Natural questions for fitting the reader's rank beside the calibration articles: 650 QED training articles
-# none of whose questions the reader trains on (evals/data/README.md says how they were chosen).
+# Natural questions for fitting the reader's rank beside the calibration articles: 628 QED training articles
+# none of whose questions the reader trains on, none of them an article of QED dev or the SQuAD split
+# (evals/data/README.md says how they were chosen).
 NATURAL_FIT = DEV.parent / "qed-fit.json"
 # Which half of QED dev's articles the natural-question benchmark indexes: a fixed shuffle of their titles.
 NATURAL_SEED = 7

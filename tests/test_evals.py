@@ -75,7 +75,8 @@ def test_reader_fit_ranks_listwise_on_answerable_questions_only() -> None:
     assert result["rank_questions"] == 300
     assert result["RANK_COVERAGE_WEIGHT"] / result["RANK_READER_WEIGHT"] == pytest.approx(1 / 1.5, abs=0.15)
     assert abs(result["RANK_HYBRID_WEIGHT"]) < 0.3 and abs(result["RANK_FRAME_WEIGHT"]) < 0.3
-    assert fit_frame(np.vstack(rows), np.concatenate(labels))["candidates"] == 3200
+    frame = fit_frame(np.vstack(rows), np.concatenate(labels))
+    assert frame["candidates"] == 3200 and "FRAME_PENALTY" in frame
 
 
 # --- metric functions -------------------------------------------------------------------------------
@@ -323,6 +324,15 @@ def test_fit_with_the_reader_off_is_a_clear_error(
     monkeypatch.setenv("CITEQA_READ_BUDGET", "0")
     assert squad.main(["--fit"]) == 2
     assert "CITEQA_READ_BUDGET=0" in capsys.readouterr().err
+
+
+def test_the_rank_fit_articles_are_none_of_the_benchmarks_articles() -> None:
+    def titles(path: Path) -> set[str]:
+        return {article["title"] for article in json.loads(path.read_text(encoding="utf-8"))["data"]}
+
+    fitted = titles(squad.NATURAL_FIT)
+    assert len(fitted) == 628
+    assert not fitted & titles(squad.NATURAL) and not fitted & titles(squad.SPLIT)
 
 
 def test_the_benchmark_data_is_in_the_repository_and_nothing_looks_beside_it() -> None:
