@@ -31,8 +31,9 @@ MAX_TOKENS = 96
 # candidates, the answer sentences the target) of the reader's logit, the hybrid score, whether the
 # question's names leave the sentence unframed, and its chunk's coverage of the question, fitted on the
 # SQuAD calibration articles' questions and on natural questions of QED training articles none of whose
-# questions the reader trains on and which share no article with the benchmarks (`python -m evals.squad --fit`, evals/data/qed-fit.json): fitted on SQuAD's alone, whose
-# questions share their paragraph's words, it leant on the hybrid score and gained nothing end to end.
+# questions the reader trains on and which share no article with the benchmarks (`python -m evals.squad
+# --fit`, evals/data/qed-fit.json): fitted on SQuAD's alone, whose questions share their paragraph's words,
+# it leant on the hybrid score and gained nothing end to end.
 RANK_READER_WEIGHT = 0.704
 RANK_HYBRID_WEIGHT = 2.328
 RANK_FRAME_WEIGHT = 0.114
@@ -140,15 +141,24 @@ def to_read(found: Retrieval, budget: int) -> list[Evidence]:
     return [ev for ev in found.sentences if ev.offers][:budget]
 
 
+def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
+    """Each sentence's text, and what the reader reads of it (see reads)."""
+    out = []
+    for ev in pool:
+        doc = snapshot.doc_list[ev.doc]
+        text = doc.text[ev.start : ev.end]
+        out.append((text, reads(doc.title, text)))
+    return out
+
+
 def scored(
     reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int
 ) -> list[tuple[Evidence, str, float]]:
     """The sentences `to_read` picks, each with its text and the reader's logit for the query."""
     pool = to_read(found, budget)
-    docs = [snapshot.doc_list[ev.doc] for ev in pool]
-    texts = [doc.text[ev.start : ev.end] for doc, ev in zip(docs, pool, strict=True)]
-    read_as = [reads(doc.title, text) for doc, text in zip(docs, texts, strict=True)]
-    return list(zip(pool, texts, logits(reader.score(found.query, read_as)).tolist(), strict=True))
+    texts = texts_of(snapshot, pool)
+    scores = logits(reader.score(found.query, [read_as for _, read_as in texts])).tolist()
+    return [(ev, text, score) for ev, (text, _), score in zip(pool, texts, scores, strict=True)]
 
 
 def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> None:

@@ -254,7 +254,7 @@ def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> d
     unanswerable question's are weighted as its paragraph's are."""
     from app.embed import get_embedder
     from app.index import Store
-    from app.read import to_read
+    from app.read import texts_of, to_read
     from app.retrieve import retrieve
     from app.settings import Settings
     from ingest.build import ingest
@@ -268,10 +268,9 @@ def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> d
     out: dict[str, list[Pair]] = {}
     for item, weight in [(i, 1.0) for i in answerable] + [(i, IMPOSSIBLE_WEIGHT) for i in unanswerable]:
         found = retrieve(snapshot, embedder, item["question"], settings)
-        docs = [(snapshot.doc_list[ev.doc], ev) for ev in to_read(found, budget)]
-        texts = [(doc.title, doc.text[ev.start : ev.end]) for doc, ev in docs]
-        wrong = [(title, t) for title, t in texts if not holds_answer(t, item["answers"])][:MINED_NEGATIVES]
-        out[item["id"]] = [Pair(item["question"], reads(title, t), 0.0, weight) for title, t in wrong]
+        texts = texts_of(snapshot, to_read(found, budget))
+        wrong = [read_as for t, read_as in texts if not holds_answer(t, item["answers"])][:MINED_NEGATIVES]
+        out[item["id"]] = [Pair(item["question"], read_as, 0.0, weight) for read_as in wrong]
     print(f"mined {path.name}: {len(out)} questions", file=log, flush=True)
     return out
 

@@ -242,7 +242,7 @@ def fit_scorer(
         **fit_rank(
             np.vstack([x, xn]),
             np.concatenate([y, yn]),
-            np.concatenate([question, qn + len(answerable + unanswerable)]),
+            np.concatenate([question, qn + len(answerable) + len(unanswerable)]),
         ),
     }
 
