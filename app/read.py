@@ -40,8 +40,6 @@ RANK_FRAME_WEIGHT = 0.114
 RANK_COVERAGE_WEIGHT = 7.236
 # Words of a document's title the reader reads before each of its sentences (see reads).
 TITLE_WORDS = 6
-# Pairs run together in one call of the model (see Reader.score).
-GROUP = 4
 # Threads for a call that finds the reader idle (Lanes). A second thread cuts a lone call by about a
 # quarter on this 2-core machine, but taken by every call it cost 8 concurrent clients about 13 % of their
 # throughput, so a call that overlaps another runs on one (README, "The reader", Threads).
@@ -88,28 +86,21 @@ class Reader:
             raise ModelUnavailable(f"the reader model {model_file} cannot be loaded: {exc}") from exc
 
     def score(self, question: str, sentences: list[str]) -> np.ndarray:
-        """One probability per sentence, in the order given."""
+        """One probability per sentence, in the order given.
+
+        Each pair runs alone: the int8 graph quantises its activations over the whole batch, so batched
+        with others (and their padding) a pair's logit moved by up to 0.4, and a sentence's rank depended on
+        which others were read with it. Alone it costs about the same (README, "The reader")."""
         out = np.zeros(len(sentences), dtype=np.float32)
-        if not sentences:
-            return out
         encodings = self._tokenizer.encode_batch([(question, s) for s in sentences])
-        # Shortest first, in small groups: each group pads only to its own longest pair, and padding is
-        # most of the cost of one big batch of mixed lengths.
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         with self.lanes.session() as session:
-            for lo in range(0, len(order), GROUP):
-                rows = order[lo : lo + GROUP]
-                width = len(encodings[rows[-1]].ids)
-                ids = np.zeros((len(rows), width), dtype=np.int64)
-                types = np.zeros_like(ids)
-                mask = np.zeros_like(ids)
-                for j, i in enumerate(rows):
-                    n = len(encodings[i].ids)
-                    ids[j, :n] = encodings[i].ids
-                    types[j, :n] = encodings[i].type_ids
-                    mask[j, :n] = 1
-                feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-                out[rows] = np.asarray(session.run(None, feed)[0], dtype=np.float32).reshape(-1)
+            for i, encoding in enumerate(encodings):
+                feed = {
+                    "input_ids": np.array([encoding.ids], dtype=np.int64),
+                    "attention_mask": np.ones((1, len(encoding.ids)), dtype=np.int64),
+                    "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+                }
+                out[i] = float(np.asarray(session.run(None, feed)[0]).reshape(-1)[0])
         return out
 
 

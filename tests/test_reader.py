@@ -115,6 +115,19 @@ def test_read_puts_its_ranked_pool_first_and_keeps_every_sentence_and_score(
     assert [ev.rank for ev in head] == sorted((ev.rank for ev in head), reverse=True)
 
 
+def test_a_sentences_score_is_the_same_whatever_is_read_with_it():
+    reader = get_reader()
+    question = "Which council was rated inadequate?"
+    sentences = [
+        "Wakefield [SEP] Ofsted rated Wakefield's children's services inadequate.",
+        "Kirklees [SEP] The council said it accepted the findings in full and would act on them at once.",
+        "Wakefield [SEP] The inspection took place over two weeks in the autumn.",
+    ]
+    together = reader.score(question, sentences)
+    assert np.array_equal(together, [reader.score(question, [s])[0] for s in sentences])
+    assert np.array_equal(together[::-1], reader.score(question, sentences[::-1]))
+
+
 def test_reader_refuses_a_missing_or_damaged_model(tmp_path):
     with pytest.raises(ModelUnavailable, match="missing"):
         Reader(tmp_path / "reader.onnx", MODEL_DIR / "tokenizer.json")
