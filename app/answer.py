@@ -255,7 +255,7 @@ def ask(
     if settings.read_budget:
         reader = get_reader(settings.reader_dir)
         for found in founds:
-            read(reader, snapshot, found, settings.read_budget)
+            read(reader, snapshot, found, settings.read_budget, settings.abstain_threshold)
     t = time.perf_counter()
     results = [answerer.compose(snapshot, found, settings) for found in founds]
     answered = [r for r in results if not r[1]]

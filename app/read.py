@@ -5,6 +5,7 @@ ONNX Runtime on two threads for a call that finds the reader idle and on one for
 another (Lanes).
 """
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -34,10 +35,10 @@ MAX_TOKENS = 96
 # questions the reader trains on and which share no article with the benchmarks (`python -m evals.squad
 # --fit`, evals/data/qed-fit.json): fitted on SQuAD's alone, whose questions share their paragraph's words,
 # it leant on the hybrid score and gained nothing end to end.
-RANK_READER_WEIGHT = 0.704
-RANK_HYBRID_WEIGHT = 2.328
-RANK_FRAME_WEIGHT = 0.114
-RANK_COVERAGE_WEIGHT = 7.236
+RANK_READER_WEIGHT = 0.707
+RANK_HYBRID_WEIGHT = 2.318
+RANK_FRAME_WEIGHT = 0.134
+RANK_COVERAGE_WEIGHT = 7.237
 # Words of a document's title the reader reads before each of its sentences (see reads).
 TITLE_WORDS = 6
 # Threads for a call that finds the reader idle (Lanes). A second thread cuts a lone call by about a
@@ -90,7 +91,8 @@ class Reader:
 
         Each pair runs alone: the int8 graph quantises its activations over the whole batch, so batched
         with others (and their padding) a pair's logit moved by up to 0.4, and a sentence's rank depended on
-        which others were read with it. Alone it costs about the same (README, "The reader")."""
+        which others were read with it. For the one or two pairs a question has above the abstention threshold
+        (see read) it costs the same; for 8 it would cost about a sixth more (README, "The reader")."""
         out = np.zeros(len(sentences), dtype=np.float32)
         encodings = self._tokenizer.encode_batch([(question, s) for s in sentences])
         with self.lanes.session() as session:
@@ -127,9 +129,10 @@ def logits(probabilities: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def to_read(found: Retrieval, budget: int) -> list[Evidence]:
-    """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind."""
-    return [ev for ev in found.sentences if ev.offers][:budget]
+def to_read(found: Retrieval, budget: int, floor: float = -math.inf) -> list[Evidence]:
+    """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind, less those
+    that score below `floor`."""
+    return [ev for ev in [ev for ev in found.sentences if ev.offers][:budget] if ev.score >= floor]
 
 
 def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
@@ -143,21 +146,25 @@ def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
 
 
 def scored(
-    reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int
+    reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int, floor: float = -math.inf
 ) -> list[tuple[Evidence, str, float]]:
     """The sentences `to_read` picks, each with its text and the reader's logit for the query."""
-    pool = to_read(found, budget)
+    pool = to_read(found, budget, floor)
     texts = texts_of(snapshot, pool)
     scores = logits(reader.score(found.query, [read_as for _, read_as in texts])).tolist()
     return [(ev, text, score) for ev, (text, _), score in zip(pool, texts, scores, strict=True)]
 
 
-def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int) -> None:
+def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int, floor: float) -> None:
     """Score the sentences `to_read` picks with the reader and put them first, ranked by it (see
     RANK_READER_WEIGHT); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
-    sentence the reader did not see may still join an answer as support or be shown as closest material."""
+    sentence the reader did not see may still join an answer as support or be shown as closest material.
+
+    `floor` is the abstention threshold: a sentence scoring below it can be neither quoted nor support, so
+    where it ranks changes no answer, and it is not read. Each sentence's rank is its own, so leaving it out
+    moves no other; the answers are those of reading all `budget`, at a fraction of the cost."""
     started = time.perf_counter()
-    pool = scored(reader, snapshot, found, budget)
+    pool = scored(reader, snapshot, found, budget, floor)
     for ev, _, logit in pool:
         ev.rank = float(
             RANK_READER_WEIGHT * logit

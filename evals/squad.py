@@ -26,7 +26,6 @@ from app.answer import ask, candidates, passages
 from app.embed import get_embedder
 from app.errors import BadInput
 from app.index import Store
-from app.read import get_reader, read
 from app.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
@@ -185,13 +184,11 @@ def calibrate(
     """Print, per threshold, the false-abstention and abstention rates on the calibration sample."""
     snapshot = Store(settings).open()
     embedder = get_embedder()
-    reader = get_reader(settings.reader_dir) if settings.read_budget else None
 
     def best(item: dict[str, Any]) -> float:
-        # The strongest sentence that may answer, since the threshold asks whether any clears it.
+        # The strongest sentence that may answer, since the threshold asks whether any clears it. The reader
+        # only orders sentences, so it is not run: the best score is the same with it on or off.
         found = retrieve(snapshot, embedder, item["question"], settings)
-        if reader is not None:
-            read(reader, snapshot, found, settings.read_budget)
         return max((ev.score for ev in candidates(snapshot, found)), default=NO_EVIDENCE)
 
     pos = np.array([best(q) for q in answerable])

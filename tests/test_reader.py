@@ -2,7 +2,9 @@
 
 import hashlib
 import io
+import itertools
 import json
+import math
 import random
 import re
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from app.answer import ask
+from app.answer import ExtractiveAnswerer, ask, candidates
 from app.errors import ModelUnavailable
 from app.read import (
     IDLE_THREADS,
@@ -107,12 +109,47 @@ def test_read_puts_its_ranked_pool_first_and_keeps_every_sentence_and_score(
     before = {ev.row: ev.score for ev in found.sentences}
     pool = {ev.row for ev in to_read(found, seed_settings.read_budget)}
     assert 0 < len(pool) < len(before)
-    read(get_reader(), seed_snapshot, found, seed_settings.read_budget)
+    read(get_reader(), seed_snapshot, found, seed_settings.read_budget, -math.inf)
     # Nothing dropped and no score changed: abstention and support see what they would without the reader.
     assert {ev.row: ev.score for ev in found.sentences} == before and len(found.sentences) == len(before)
     head = found.sentences[: len(pool)]
     assert {ev.row for ev in head} == pool
     assert [ev.rank for ev in head] == sorted((ev.rank for ev in head), reverse=True)
+
+
+def test_sentences_below_the_threshold_are_not_read_and_change_no_answer(
+    seed_snapshot, embedder, seed_settings
+):
+    reader, floor, answerer = get_reader(), seed_settings.abstain_threshold, ExtractiveAnswerer()
+    skipped = 0
+    # Every budget up to the default: the smaller ones read fewer sentences than may be quoted.
+    for budget, question in itertools.product(
+        range(1, seed_settings.read_budget + 1),
+        [
+            "What did inspectors find about Wakefield's front door?",
+            "Who leads Kirklees Council?",
+            "Why was Wakefield rated inadequate?",
+            "What happened to children at risk?",
+            "What is the population of Wakefield?",
+        ],
+    ):
+        every = retrieve(seed_snapshot, embedder, question, seed_settings)
+        above = retrieve(seed_snapshot, embedder, question, seed_settings)
+        # The first `budget` that offer the asked-for kind are read, less those below the threshold.
+        first = to_read(every, budget)
+        assert to_read(above, budget, floor) == [ev for ev in first if ev.score >= floor]
+        skipped += len(first) - len(to_read(above, budget, floor))
+        read(reader, seed_snapshot, every, budget, -math.inf)
+        read(reader, seed_snapshot, above, budget, floor)
+        # Those that may be quoted keep their order, so the answer is the one reading all would give.
+        assert [ev.row for ev in candidates(seed_snapshot, every) if ev.score >= floor] == [
+            ev.row for ev in candidates(seed_snapshot, above) if ev.score >= floor
+        ]
+        assert (
+            answerer.compose(seed_snapshot, every, seed_settings)[:2]
+            == answerer.compose(seed_snapshot, above, seed_settings)[:2]
+        )
+    assert skipped > 0
 
 
 def test_a_sentences_score_is_the_same_whatever_is_read_with_it():
