@@ -15,7 +15,7 @@ import yaml
 from app.answer import ExtractiveAnswerer, ask, candidates
 from app.errors import ModelUnavailable
 from app.read import (
-    IDLE_THREADS,
+    IDLE_LANES,
     MODEL_DIR,
     TITLE_WORDS,
     Reader,
@@ -66,19 +66,22 @@ def test_committed_model_ranks_the_answer_above_a_distractor():
     assert int(np.argmax(scores)) == 1
 
 
-def test_a_lone_call_takes_more_threads_and_no_score_depends_on_it():
+def test_a_lone_call_takes_every_lane_and_no_score_depends_on_it():
     reader = get_reader()
-    # A call that finds the reader idle runs on IDLE_THREADS threads; one that overlaps it, on one.
+    # A call that finds the reader idle spreads its pairs over IDLE_LANES sessions; one that overlaps it runs
+    # on one. Each session has one thread.
     with reader.lanes.session() as first, reader.lanes.session() as second:
-        assert first.get_session_options().intra_op_num_threads == IDLE_THREADS > 1
-        assert second.get_session_options().intra_op_num_threads == 1
+        assert len(first) == IDLE_LANES > 1 and len(second) == 1
+        assert {s.get_session_options().intra_op_num_threads for s in first + second} == {1}
     with reader.lanes.session() as again:
-        assert again is first
-    # An answer must not depend on the load: the scores are the same on either.
+        assert again == first
+    # An answer must not depend on the load: the scores are the same either way, and the same as each pair
+    # scored on its own.
     for question, texts, _ in random.Random(3).sample(held_out_questions(), 20):
         alone = reader.score(question, texts)
         with reader.lanes.session():
             assert np.array_equal(reader.score(question, texts), alone)
+        assert np.array_equal(alone, [reader.score(question, [text])[0] for text in texts])
 
 
 def test_committed_model_finds_the_answer_sentence_in_held_out_squad_paragraphs():
