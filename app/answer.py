@@ -30,7 +30,11 @@ QUOTE_SENTENCES = 3
 
 
 class Answerer(Protocol):
-    """Turns retrieved evidence into an answer; the seam for an optional generative answerer."""
+    """Turns retrieved evidence into an answer; the seam for an optional generative answerer.
+
+    With the reader on, `found.sentences` arrive with the read ones first, in the reader's rank; only those
+    scoring at least the abstention threshold are read (app/read.py, read), and the others follow in the
+    hybrid rank."""
 
     def compose(
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
@@ -67,8 +71,9 @@ class ExtractiveAnswerer:
 
     def _abstain(self, snapshot: Snapshot, found: Retrieval) -> tuple[str, bool, list[Evidence]]:
         """Say the documents do not answer, and show the closest material as such."""
-        # The closest material is the strongest evidence, by the sentences' own score.
-        closest = _distinct(snapshot, sorted(found.sentences, key=lambda ev: -ev.score), 3)
+        # The closest material is the strongest evidence, by the sentences' own score (ties in document
+        # order, so that the order the reader left the sentences in never matters here).
+        closest = _distinct(snapshot, sorted(found.sentences, key=lambda ev: (-ev.score, ev.row)), 3)
         markers = " ".join(f"[{i}]" for i in range(1, len(closest) + 1))
         text = f"{ABSTAIN_TEXT} {CLOSEST_TEXT} {markers}" if closest else ABSTAIN_TEXT
         return text, True, closest
