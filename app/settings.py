@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     candidates: int = 40
     rrf_k: int = 60
     max_answer_sentences: int = 3
-    # Sentences the reader (models/reader, app/read.py) scores and ranks per question, the best by the
-    # hybrid rank; 0 leaves the reader out. The best 8 hold an answer sentence for 0.917 of the SQuAD
-    # calibration articles' answerable questions and the best 16 for 0.936, at twice the reader's cost and
-    # with the same answers there (README, "The reader").
+    # Sentences the reader (models/reader, app/read.py) may score and rank per question, the best by the
+    # hybrid rank, of which it reads those scoring at least abstain_threshold; 0 leaves the reader out. The
+    # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions and
+    # the best 16 for 0.936, with the same answers there (README, "The reader").
     read_budget: int = 8
     # Abstain when no sentence that may answer scores this much. It must keep false abstention on the SQuAD
     # calibration articles within 5 % (`python -m evals.squad --calibrate`); this value does (any up to

@@ -97,9 +97,10 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
 def candidate_examples(
     snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every evidence candidate (the sentences the reader would score) of every question: (hybrid score,
-    unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for an unanswerable
-    question), and the number of its question."""
+    """Every evidence candidate of every question (the first `read_budget` that offer the asked-for kind,
+    with no abstention threshold: the rank is fitted on all of them, as the candidate figures count them):
+    (hybrid score, unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for
+    an unanswerable question), and the number of its question."""
     from app.read import get_reader, scored
 
     reader = get_reader(settings.reader_dir)
