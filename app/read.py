@@ -1,8 +1,8 @@
 """The reader: citeqa's own cross-encoder, which scores how well each sentence answers a question.
 
 Trained by `make reader` (app/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
-ONNX Runtime on two threads for a call that finds the reader idle and on one for a call that overlaps
-another (Lanes).
+ONNX Runtime one pair at a time, over two one-thread sessions for a call that finds the reader idle and on
+one for a call that overlaps another (Lanes).
 """
 
 import math
