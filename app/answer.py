@@ -258,9 +258,13 @@ def ask(
     else:
         founds = [retrieve(snapshot, embedder, query, settings, avoid, focus)]
     if settings.read_budget:
-        reader = get_reader(settings.reader_dir)
-        for found in founds:
-            read(reader, snapshot, found, settings.read_budget, settings.abstain_threshold)
+        read(
+            get_reader(settings.reader_dir),
+            snapshot,
+            founds,
+            settings.read_budget,
+            settings.abstain_threshold,
+        )
     t = time.perf_counter()
     results = [answerer.compose(snapshot, found, settings) for found in founds]
     answered = [r for r in results if not r[1]]

@@ -90,21 +90,31 @@ class Reader:
         except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged file
             raise ModelUnavailable(f"the reader model {model_file} cannot be loaded: {exc}") from exc
 
-    def score(self, question: str, sentences: list[str]) -> np.ndarray:
-        """One probability per sentence, in the order given.
+    def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """One probability per (question, sentence) pair, in the order given.
 
         Each pair runs alone: the int8 graph quantises its activations over the whole batch, so batched
         with others (and their padding) a pair's logit moved by up to 0.4, and a sentence's rank depended on
         which others were read with it. For the one or two pairs a question has above the abstention threshold
         (see read) it costs what groups did; 8, spread over two sessions, cost about a quarter less (README,
         "The reader")."""
-        out = np.zeros(len(sentences), dtype=np.float32)
-        if not sentences:
+        # A pair read twice (the same sentence in two documents of the same title, or in two parts of a
+        # question) is run once.
+        distinct = list(dict.fromkeys(pairs))
+        out = np.zeros(len(distinct), dtype=np.float32)
+        if not distinct:
             return out
-        encodings = self._tokenizer.encode_batch([(question, s) for s in sentences])
+        encodings = self._tokenizer.encode_batch(distinct)
+        # Longest first, each session taking the next pair as it comes free, so the sessions finish together.
+        order = iter(sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids)))
+        taking = threading.Lock()
 
-        def run(session: Any, rows: range) -> None:
-            for i in rows:
+        def run(session: Any) -> None:
+            while True:
+                with taking:
+                    i = next(order, None)
+                if i is None:
+                    return
                 feed = {
                     "input_ids": np.array([encodings[i].ids], dtype=np.int64),
                     "attention_mask": np.ones((1, len(encodings[i].ids)), dtype=np.int64),
@@ -113,19 +123,18 @@ class Reader:
                 out[i] = float(np.asarray(session.run(None, feed)[0]).reshape(-1)[0])
 
         with self.lanes.session() as sessions:
-            # Every n-th pair to each session; this thread runs the first share while helpers run the rest.
-            n = max(1, min(len(sessions), len(encodings)))
-            rest = [
-                self.lanes.helpers.submit(run, sessions[k], range(k, len(encodings), n)) for k in range(1, n)
-            ]
+            # This thread runs the first session while helpers run the rest.
+            used = sessions[: min(len(sessions), len(encodings))]
+            rest = [self.lanes.helpers.submit(run, session) for session in used[1:]]
             try:
-                run(sessions[0], range(0, len(encodings), n))
+                run(used[0])
             finally:
                 # The helpers finish before the sessions are given back, and their errors are raised here.
                 wait(rest)
             for done in rest:
                 done.result()
-        return out
+        at = {pair: i for i, pair in enumerate(distinct)}
+        return out[[at[pair] for pair in pairs]]
 
 
 def reads(title: str, sentence: str) -> str:
@@ -168,34 +177,43 @@ def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
 
 
 def scored(
-    reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int, floor: float = -math.inf
-) -> list[tuple[Evidence, str, float]]:
-    """The sentences `to_read` picks, each with its text and the reader's logit for the query."""
-    pool = to_read(found, budget, floor)
-    texts = texts_of(snapshot, pool)
-    scores = logits(reader.score(found.query, [read_as for _, read_as in texts])).tolist()
-    return [(ev, text, score) for ev, (text, _), score in zip(pool, texts, scores, strict=True)]
+    reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: int, floor: float = -math.inf
+) -> list[list[tuple[Evidence, str, float]]]:
+    """For each retrieval, the sentences `to_read` picks, each with its text and the reader's logit for the
+    retrieval's query; the sentences of all of them are read in one call, spread over the sessions."""
+    pools = [to_read(found, budget, floor) for found in founds]
+    texts = [texts_of(snapshot, pool) for pool in pools]
+    pairs = [(found.query, read_as) for found, ts in zip(founds, texts, strict=True) for _, read_as in ts]
+    flat = iter(logits(reader.score(pairs)).tolist())
+    return [
+        [(ev, text, next(flat)) for ev, (text, _) in zip(pool, ts, strict=True)]
+        for pool, ts in zip(pools, texts, strict=True)
+    ]
 
 
-def read(reader: Reader, snapshot: Snapshot, found: Retrieval, budget: int, floor: float) -> None:
-    """Score the sentences `to_read` picks with the reader and put them first, ranked by it (see
-    RANK_READER_WEIGHT); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
-    sentence the reader did not see may still join an answer as support or be shown as closest material.
+def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: int, floor: float) -> None:
+    """Score the sentences `to_read` picks from each retrieval (a coordinated question's parts are read
+    together) and put them first, ranked by the reader (see RANK_READER_WEIGHT); the others follow in the
+    hybrid rank. Every score stays as retrieval gave it, so a sentence the reader did not see may still join
+    an answer as support or be shown as closest material.
 
     `floor` is the abstention threshold: a sentence scoring below it can be neither quoted nor support, so
     where it ranks changes no answer, and it is not read. Each sentence's rank is its own, so leaving it out
     moves no other; the answers are those of reading all `budget`, at a fraction of the cost."""
     started = time.perf_counter()
-    pool = scored(reader, snapshot, found, budget, floor)
-    for ev, _, logit in pool:
-        ev.rank = float(
-            RANK_READER_WEIGHT * logit
-            + RANK_HYBRID_WEIGHT * ev.score
-            + RANK_FRAME_WEIGHT * (not ev.framed)
-            + RANK_COVERAGE_WEIGHT * ev.coverage
-        )
-    read_rows = {ev.row for ev, _, _ in pool}
-    found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [
-        ev for ev in found.sentences if ev.row not in read_rows
-    ]
-    found.timings_ms["read"] = (time.perf_counter() - started) * 1000
+    pools = scored(reader, snapshot, founds, budget, floor)
+    for found, pool in zip(founds, pools, strict=True):
+        for ev, _, logit in pool:
+            ev.rank = float(
+                RANK_READER_WEIGHT * logit
+                + RANK_HYBRID_WEIGHT * ev.score
+                + RANK_FRAME_WEIGHT * (not ev.framed)
+                + RANK_COVERAGE_WEIGHT * ev.coverage
+            )
+        read_rows = {ev.row for ev, _, _ in pool}
+        found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [
+            ev for ev in found.sentences if ev.row not in read_rows
+        ]
+        found.timings_ms["read"] = 0.0
+    # One call read them all; its time counts once.
+    founds[0].timings_ms["read"] = (time.perf_counter() - started) * 1000

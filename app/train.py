@@ -454,7 +454,7 @@ def precision_at_1(model_file: Path, source: Path, questions: list[tuple[str, li
     reader = Reader(model_file, source / "tokenizer.json")
     right = 0
     for question, sentences, gold in questions:
-        right += int(np.argmax(reader.score(question, sentences))) in gold
+        right += int(np.argmax(reader.score([(question, s) for s in sentences]))) in gold
     return right / max(1, len(questions))
 
 

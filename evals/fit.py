@@ -107,7 +107,7 @@ def candidate_examples(
     rows, labels, question = [], [], []
     for number, item in enumerate(items):
         found = retrieve(snapshot, embedder, item["question"], settings)
-        for ev, text, logit in scored(reader, snapshot, found, settings.read_budget):
+        for ev, text, logit in scored(reader, snapshot, [found], settings.read_budget)[0]:
             rows.append((ev.score, float(not ev.framed), logit, ev.coverage))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and holds_answer(text, item["answers"])

@@ -47,6 +47,11 @@ from app.train import (
 from tests.conftest import ROOT
 
 
+def score(reader, question, sentences):
+    """The reader's probabilities for one question's sentences."""
+    return reader.score([(question, sentence) for sentence in sentences])
+
+
 def test_model_card_states_the_committed_files_checksum():
     card = (MODEL_DIR / "README.md").read_text(encoding="utf-8")
     stated = re.search(r"sha256 of `reader\.onnx` \| `([0-9a-f]{64})`", card)
@@ -62,7 +67,7 @@ def test_committed_model_ranks_the_answer_above_a_distractor():
         "The River Calder flows through the old town before joining the Aire.",
         "Tourists often visit the market on Saturdays.",
     ]
-    scores = reader.score(question, sentences)
+    scores = score(reader, question, sentences)
     assert scores.shape == (3,)
     assert ((scores >= 0) & (scores <= 1)).all()
     assert int(np.argmax(scores)) == 1
@@ -80,13 +85,13 @@ def test_a_lone_call_takes_every_lane_and_no_score_depends_on_it():
     # An answer must not depend on the load: the scores are the same either way, and the same as each pair
     # scored on its own, also with calls running at once.
     questions = random.Random(3).sample(held_out_questions(), 20)
-    alone = [reader.score(question, texts) for question, texts, _ in questions]
+    alone = [score(reader, question, texts) for question, texts, _ in questions]
     for (question, texts, _), scores in zip(questions, alone, strict=True):
         with reader.lanes.session():
-            assert np.array_equal(reader.score(question, texts), scores)
-        assert np.array_equal(scores, [reader.score(question, [text])[0] for text in texts])
+            assert np.array_equal(score(reader, question, texts), scores)
+        assert np.array_equal(scores, [score(reader, question, [text])[0] for text in texts])
     with ThreadPoolExecutor(4) as pool:
-        at_once = list(pool.map(lambda q: reader.score(q[0], q[1]), questions))
+        at_once = list(pool.map(lambda q: score(reader, q[0], q[1]), questions))
     assert all(np.array_equal(a, b) for a, b in zip(at_once, alone, strict=True))
 
 
@@ -94,10 +99,11 @@ class _Recording:
     """An ONNX Runtime session that notes the threads that run it, and can fail instead."""
 
     def __init__(self, session, fail=False):
-        self.session, self.fail, self.threads = session, fail, set()
+        self.session, self.fail, self.threads, self.runs = session, fail, set(), 0
 
     def run(self, outputs, feed):
         self.threads.add(threading.get_ident())
+        self.runs += 1
         if self.fail:
             raise RuntimeError("session failed")
         return self.session.run(outputs, feed)
@@ -109,17 +115,22 @@ def test_an_idle_call_runs_pairs_on_every_lane_and_a_failing_lane_raises():
     question, texts, _ = held_out_questions()[0]
     try:
         reader.lanes.sessions = [_Recording(s) for s in sessions]
-        expected = [reader.score(question, [text])[0] for text in texts]
+        expected = [score(reader, question, [text])[0] for text in texts]
         for recording in reader.lanes.sessions:
             recording.threads.clear()
-        assert np.array_equal(reader.score(question, texts), expected)
+        assert np.array_equal(score(reader, question, texts), expected)
         # Each session ran, the first on this thread and the others on helpers.
         assert [r.threads for r in reader.lanes.sessions[:1]] == [{threading.get_ident()}]
         assert all(r.threads and threading.get_ident() not in r.threads for r in reader.lanes.sessions[1:])
+        # A pair given twice is run once, and both get its score.
+        before = sum(r.runs for r in reader.lanes.sessions)
+        twice = reader.score([(question, texts[0]), (question, texts[1]), (question, texts[0])])
+        assert sum(r.runs for r in reader.lanes.sessions) - before == 2
+        assert np.array_equal(twice, [expected[0], expected[1], expected[0]])
         # A helper's failure reaches the caller, and the lanes are free again afterwards.
         reader.lanes.sessions = [_Recording(s, fail=k > 0) for k, s in enumerate(sessions)]
         with pytest.raises(RuntimeError, match="session failed"):
-            reader.score(question, texts)
+            score(reader, question, texts)
         with reader.lanes.session() as lanes:
             assert len(lanes) == IDLE_LANES
     finally:
@@ -131,7 +142,7 @@ def test_committed_model_finds_the_answer_sentence_in_held_out_squad_paragraphs(
     # the time, and the trained model (models/reader/metrics.json) more than eight times in ten.
     reader = get_reader()
     questions = random.Random(5).sample(held_out_questions(), 60)
-    right = sum(int(np.argmax(reader.score(q, texts))) in gold for q, texts, gold in questions)
+    right = sum(int(np.argmax(score(reader, q, texts))) in gold for q, texts, gold in questions)
     assert right / len(questions) >= 0.75
 
 
@@ -154,12 +165,36 @@ def test_read_puts_its_ranked_pool_first_and_keeps_every_sentence_and_score(
     before = {ev.row: ev.score for ev in found.sentences}
     pool = {ev.row for ev in to_read(found, seed_settings.read_budget)}
     assert 0 < len(pool) < len(before)
-    read(get_reader(), seed_snapshot, found, seed_settings.read_budget, -math.inf)
+    read(get_reader(), seed_snapshot, [found], seed_settings.read_budget, -math.inf)
     # Nothing dropped and no score changed: abstention and support see what they would without the reader.
     assert {ev.row: ev.score for ev in found.sentences} == before and len(found.sentences) == len(before)
     head = found.sentences[: len(pool)]
     assert {ev.row for ev in head} == pool
     assert [ev.rank for ev in head] == sorted((ev.rank for ev in head), reverse=True)
+
+
+def test_parts_read_together_rank_as_each_read_alone(seed_snapshot, embedder, seed_settings):
+    # A coordinated question's parts are read in one call; each part's sentences rank as if read alone.
+    reader, budget = get_reader(), seed_settings.read_budget
+    parts = ["Who leads Kirklees Council?", "When did the focused visit take place?"]
+
+    def found_for(part):
+        return retrieve(seed_snapshot, embedder, part, seed_settings, focus=part)
+
+    together = [found_for(part) for part in parts]
+    read(reader, seed_snapshot, together, budget, -math.inf)
+    for part, joint in zip(parts, together, strict=True):
+        alone = found_for(part)
+        read(reader, seed_snapshot, [alone], budget, -math.inf)
+        assert [(ev.row, ev.rank) for ev in joint.sentences] == [(ev.row, ev.rank) for ev in alone.sentences]
+        assert joint.query == part
+    # The reader ranked something in each part (so the comparison above is not between hybrid orders).
+    assert all(
+        [ev.row for ev in found.sentences[:budget]] != [ev.row for ev in found_for(part).sentences[:budget]]
+        for part, found in zip(parts, together, strict=True)
+    )
+    # The one call's time is counted once.
+    assert together[0].timings_ms["read"] > 0 and together[1].timings_ms["read"] == 0
 
 
 def test_sentences_below_the_threshold_are_not_read_and_change_no_answer(
@@ -187,8 +222,8 @@ def test_sentences_below_the_threshold_are_not_read_and_change_no_answer(
         skipped += len(first) - len(kept)
         # Cases where the reader orders two or more that may be quoted while leaving one out.
         mixed += len(kept) >= 2 and len(kept) < len(first)
-        read(reader, seed_snapshot, every, budget, -math.inf)
-        read(reader, seed_snapshot, above, budget, floor)
+        read(reader, seed_snapshot, [every], budget, -math.inf)
+        read(reader, seed_snapshot, [above], budget, floor)
         # Those that may be quoted keep their order, so the answer is the one reading all would give.
         assert [ev.row for ev in candidates(seed_snapshot, every) if ev.score >= floor] == [
             ev.row for ev in candidates(seed_snapshot, above) if ev.score >= floor
@@ -214,9 +249,9 @@ def test_a_sentences_score_is_the_same_whatever_is_read_with_it():
         "Kirklees [SEP] The council said it accepted the findings in full and would act on them at once.",
         "Wakefield [SEP] The inspection took place over two weeks in the autumn.",
     ]
-    together = reader.score(question, sentences)
-    assert np.array_equal(together, [reader.score(question, [s])[0] for s in sentences])
-    assert np.array_equal(together[::-1], reader.score(question, sentences[::-1]))
+    together = score(reader, question, sentences)
+    assert np.array_equal(together, [score(reader, question, [s])[0] for s in sentences])
+    assert np.array_equal(together[::-1], score(reader, question, sentences[::-1]))
 
 
 def test_reader_refuses_a_missing_or_damaged_model(tmp_path):
@@ -317,12 +352,12 @@ def test_the_reader_reads_each_candidate_after_its_documents_title(seed_snapshot
     found = retrieve(
         seed_snapshot, embedder, "Which council's services were rated inadequate?", seed_settings
     )
-    pool = scored(reader, seed_snapshot, found, 8)
+    [pool] = scored(reader, seed_snapshot, [found], 8)
     titled = [reads(seed_snapshot.doc_list[ev.doc].title, text) for ev, text, _ in pool]
     assert len(pool) == 8 and all(" [SEP] " in t for t in titled)
-    assert np.array_equal([logit for _, _, logit in pool], logits(reader.score(found.query, titled)))
+    assert np.array_equal([logit for _, _, logit in pool], logits(score(reader, found.query, titled)))
     # The title is read: the same sentences alone score otherwise.
-    alone = logits(reader.score(found.query, [text for _, text, _ in pool]))
+    alone = logits(score(reader, found.query, [text for _, text, _ in pool]))
     assert not np.allclose(alone, [logit for _, _, logit in pool], atol=0.05)
 
 
@@ -371,7 +406,7 @@ def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
     model = build(model_path(), examples, layers=1, epochs=1.0, out=tmp_path, log=log)
     assert "step 2/2" in log.getvalue()
     reader = Reader(model, tmp_path / "tokenizer.json")
-    scores = reader.score("Who wrote it?", ["A sentence.", "Another, longer sentence about a book."])
+    scores = score(reader, "Who wrote it?", ["A sentence.", "Another, longer sentence about a book."])
     assert scores.shape == (2,) and np.isfinite(scores).all()
 
 
