@@ -16,6 +16,7 @@ import yaml
 
 from app.answer import ExtractiveAnswerer, ask, candidates
 from app.errors import ModelUnavailable
+from app.expect import sub_questions
 from app.read import (
     IDLE_LANES,
     MODEL_DIR,
@@ -195,6 +196,19 @@ def test_parts_read_together_rank_as_each_read_alone(seed_snapshot, embedder, se
     )
     # The one call's time is counted once.
     assert together[0].timings_ms["read"] > 0 and together[1].timings_ms["read"] == 0
+
+
+def test_a_coordinated_question_cites_what_its_parts_cite_alone(seed_snapshot, embedder, seed_settings):
+    # Its parts are searched side by side and read together; each part's evidence is what it would be alone.
+    question = "When was Kirklees rated inadequate, and who became its commissioner?"
+    parts = sub_questions(question)
+    assert len(parts) == 2
+    answer = ask(seed_snapshot, embedder, question, seed_settings)
+    alone = [ask(seed_snapshot, embedder, part, seed_settings) for part in parts]
+    assert not answer.abstained and not any(a.abstained for a in alone)
+    assert {(c.doc_id, c.start, c.end) for c in answer.citations} == {
+        (c.doc_id, c.start, c.end) for a in alone for c in a.citations
+    }
 
 
 def test_sentences_below_the_threshold_are_not_read_and_change_no_answer(
