@@ -26,9 +26,10 @@ DUPLICATE_OVERLAP = 0.6
 SUPPORT_RATIO = 0.9
 OFFICIAL_SUPPORT_RATIO = 0.65
 _MARKER = re.compile(r"\[(\d+)\]")
-# A coordinated question's parts are searched side by side (the query encoder and the search release the
-# interpreter while they run).
-_PARTS = ThreadPoolExecutor(2, thread_name_prefix="citeqa-part")
+# A coordinated question's parts are searched side by side: the first on the asking thread, the others on
+# this helper (the query encoder and the search release the interpreter while they run). A part's search
+# never asks a question itself, so it never waits for this pool.
+_PARTS = ThreadPoolExecutor(1, thread_name_prefix="citeqa-part")
 # A quotation that opens in a sentence and closes a few sentences on is cited whole, up to this many more.
 QUOTE_SENTENCES = 3
 
@@ -258,9 +259,11 @@ def ask(
     # A coordinated question ("Who ..., and who ...?") is answered part by part, each part searched alone.
     parts = sub_questions(query) if focus == query else [query]
     if len(parts) > 1:
-        founds = list(
-            _PARTS.map(lambda part: retrieve(snapshot, embedder, part, settings, avoid, part), parts)
-        )
+        rest = [
+            _PARTS.submit(retrieve, snapshot, embedder, part, settings, avoid, part) for part in parts[1:]
+        ]
+        founds = [retrieve(snapshot, embedder, parts[0], settings, avoid, parts[0])]
+        founds += [done.result() for done in rest]
     else:
         founds = [retrieve(snapshot, embedder, query, settings, avoid, focus)]
     if settings.read_budget:

@@ -98,14 +98,16 @@ class Reader:
         which others were read with it. For the one or two pairs a question has above the abstention threshold
         (see read) it costs what groups did; 8, spread over two sessions, cost about a quarter less (README,
         "The reader")."""
-        # A pair read twice (the same sentence in two documents of the same title, or in two parts of a
-        # question) is run once.
-        distinct = list(dict.fromkeys(pairs))
+        # A pair given twice (one sentence in two documents whose titles start alike) is run once.
+        slot: dict[tuple[str, str], int] = {}
+        where = [slot.setdefault(pair, len(slot)) for pair in pairs]
+        distinct = list(slot)
         out = np.zeros(len(distinct), dtype=np.float32)
         if not distinct:
             return out
         encodings = self._tokenizer.encode_batch(distinct)
-        # Longest first, each session taking the next pair as it comes free, so the sessions finish together.
+        # Longest first, each session taking the next pair as it comes free, so the sessions finish close
+        # together.
         order = iter(sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids)))
         taking = threading.Lock()
 
@@ -133,8 +135,7 @@ class Reader:
                 wait(rest)
             for done in rest:
                 done.result()
-        at = {pair: i for i, pair in enumerate(distinct)}
-        return out[[at[pair] for pair in pairs]]
+        return out[where]
 
 
 def reads(title: str, sentence: str) -> str:
@@ -216,4 +217,5 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
         ]
         found.timings_ms["read"] = 0.0
     # One call read them all; its time counts once.
-    founds[0].timings_ms["read"] = (time.perf_counter() - started) * 1000
+    if founds:
+        founds[0].timings_ms["read"] = (time.perf_counter() - started) * 1000

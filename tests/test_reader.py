@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import app.answer
 from app.answer import ExtractiveAnswerer, ask, candidates
 from app.errors import ModelUnavailable
 from app.expect import sub_questions
@@ -97,12 +98,16 @@ def test_a_lone_call_takes_every_lane_and_no_score_depends_on_it():
 
 
 class _Recording:
-    """An ONNX Runtime session that notes the threads that run it, and can fail instead."""
+    """An ONNX Runtime session that notes the threads that run it, and can fail instead. Given a barrier, its
+    first run waits there, so that every lane of a call must start before any runs a pair."""
 
     def __init__(self, session, fail=False):
-        self.session, self.fail, self.threads, self.runs = session, fail, set(), 0
+        self.session, self.fail, self.threads, self.runs, self.gate = session, fail, set(), 0, None
 
     def run(self, outputs, feed):
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            gate.wait()
         self.threads.add(threading.get_ident())
         self.runs += 1
         if self.fail:
@@ -110,15 +115,24 @@ class _Recording:
         return self.session.run(outputs, feed)
 
 
+def _gated(recordings):
+    gate = threading.Barrier(len(recordings), timeout=30)
+    for recording in recordings:
+        recording.gate = gate
+    return recordings
+
+
 def test_an_idle_call_runs_pairs_on_every_lane_and_a_failing_lane_raises():
     reader = get_reader()
     sessions = reader.lanes.sessions
     question, texts, _ = held_out_questions()[0]
+    assert len(texts) >= IDLE_LANES
     try:
         reader.lanes.sessions = [_Recording(s) for s in sessions]
         expected = [score(reader, question, [text])[0] for text in texts]
         for recording in reader.lanes.sessions:
             recording.threads.clear()
+        _gated(reader.lanes.sessions)
         assert np.array_equal(score(reader, question, texts), expected)
         # Each session ran, the first on this thread and the others on helpers.
         assert [r.threads for r in reader.lanes.sessions[:1]] == [{threading.get_ident()}]
@@ -129,11 +143,14 @@ def test_an_idle_call_runs_pairs_on_every_lane_and_a_failing_lane_raises():
         assert sum(r.runs for r in reader.lanes.sessions) - before == 2
         assert np.array_equal(twice, [expected[0], expected[1], expected[0]])
         # A helper's failure reaches the caller, and the lanes are free again afterwards.
-        reader.lanes.sessions = [_Recording(s, fail=k > 0) for k, s in enumerate(sessions)]
+        reader.lanes.sessions = _gated([_Recording(s, fail=k > 0) for k, s in enumerate(sessions)])
         with pytest.raises(RuntimeError, match="session failed"):
             score(reader, question, texts)
         with reader.lanes.session() as lanes:
             assert len(lanes) == IDLE_LANES
+        # Nothing to read runs nothing.
+        runs = sum(r.runs for r in reader.lanes.sessions)
+        assert reader.score([]).shape == (0,) and sum(r.runs for r in reader.lanes.sessions) == runs
     finally:
         reader.lanes.sessions = sessions
 
@@ -188,22 +205,34 @@ def test_parts_read_together_rank_as_each_read_alone(seed_snapshot, embedder, se
         alone = found_for(part)
         read(reader, seed_snapshot, [alone], budget, -math.inf)
         assert [(ev.row, ev.rank) for ev in joint.sentences] == [(ev.row, ev.rank) for ev in alone.sentences]
-        assert joint.query == part
     # The reader ranked something in each part (so the comparison above is not between hybrid orders).
     assert all(
         [ev.row for ev in found.sentences[:budget]] != [ev.row for ev in found_for(part).sentences[:budget]]
         for part, found in zip(parts, together, strict=True)
     )
+    read(reader, seed_snapshot, [], budget, -math.inf)  # nothing to read
     # The one call's time is counted once.
     assert together[0].timings_ms["read"] > 0 and together[1].timings_ms["read"] == 0
 
 
-def test_a_coordinated_question_cites_what_its_parts_cite_alone(seed_snapshot, embedder, seed_settings):
+def test_a_coordinated_question_cites_what_its_parts_cite_alone(
+    seed_snapshot, embedder, seed_settings, monkeypatch
+):
     # Its parts are searched side by side and read together; each part's evidence is what it would be alone.
     question = "When was Kirklees rated inadequate, and who became its commissioner?"
     parts = sub_questions(question)
     assert len(parts) == 2
+    searched = {}
+
+    def noted(snapshot, embedder, query, *args):
+        searched[query] = threading.current_thread().name
+        return retrieve(snapshot, embedder, query, *args)
+
+    monkeypatch.setattr(app.answer, "retrieve", noted)
     answer = ask(seed_snapshot, embedder, question, seed_settings)
+    monkeypatch.undo()
+    # The first part on the asking thread, the second on the helper.
+    assert searched == {parts[0]: threading.current_thread().name, parts[1]: "citeqa-part_0"}
     alone = [ask(seed_snapshot, embedder, part, seed_settings) for part in parts]
     assert not answer.abstained and not any(a.abstained for a in alone)
     assert {(c.doc_id, c.start, c.end) for c in answer.citations} == {
