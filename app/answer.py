@@ -256,16 +256,14 @@ def ask(
     query, focus = standalone(question, history)
     avoid = _said_before(snapshot, history)
     answerer = answerer or ExtractiveAnswerer()
-    # A coordinated question ("Who ..., and who ...?") is answered part by part, each part searched alone.
+    # A coordinated question ("Who ..., and who ...?") is answered part by part, each part searched alone:
+    # (what is searched, the part whose names and answer kind count).
     parts = sub_questions(query) if focus == query else [query]
-    if len(parts) > 1:
-        rest = [
-            _PARTS.submit(retrieve, snapshot, embedder, part, settings, avoid, part) for part in parts[1:]
-        ]
-        founds = [retrieve(snapshot, embedder, parts[0], settings, avoid, parts[0])]
-        founds += [done.result() for done in rest]
-    else:
-        founds = [retrieve(snapshot, embedder, query, settings, avoid, focus)]
+    searches = [(part, part) for part in parts] if len(parts) > 1 else [(query, focus)]
+    rest = [_PARTS.submit(retrieve, snapshot, embedder, q, settings, avoid, f) for q, f in searches[1:]]
+    first, first_focus = searches[0]
+    founds = [retrieve(snapshot, embedder, first, settings, avoid, first_focus)]
+    founds += [done.result() for done in rest]
     if settings.read_budget:
         read(
             get_reader(settings.reader_dir),

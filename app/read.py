@@ -164,7 +164,8 @@ def logits(probabilities: np.ndarray) -> np.ndarray:
 def to_read(found: Retrieval, budget: int, floor: float = -math.inf) -> list[Evidence]:
     """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind, less those
     that score below `floor`."""
-    return [ev for ev in [ev for ev in found.sentences if ev.offers][:budget] if ev.score >= floor]
+    offered = [ev for ev in found.sentences if ev.offers][:budget]
+    return [ev for ev in offered if ev.score >= floor]
 
 
 def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
@@ -215,7 +216,7 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
         found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [
             ev for ev in found.sentences if ev.row not in read_rows
         ]
-        found.timings_ms["read"] = 0.0
-    # One call read them all; its time counts once.
-    if founds:
-        founds[0].timings_ms["read"] = (time.perf_counter() - started) * 1000
+    # One call read them all; its time counts once, on the first.
+    elapsed = (time.perf_counter() - started) * 1000
+    for k, found in enumerate(founds):
+        found.timings_ms["read"] = 0.0 if k else elapsed
