@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # Sentences the reader (models/reader, app/read.py) may score and rank per question, the best by the
     # hybrid rank, of which it reads those scoring at least abstain_threshold; 0 leaves the reader out. The
     # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions and
-    # the best 16 for 0.936, with the same answers there (README, "The reader").
+    # the best 16 for 0.936, with the same answers there (models/reader/README.md, "Limits").
     read_budget: int = 8
     # Abstain when no sentence that may answer scores this much. It must keep false abstention on the SQuAD
     # calibration articles within 5 % (`python -m evals.squad --calibrate`); this value does (any up to
