@@ -49,7 +49,7 @@ class Answerer(Protocol):
 
 
 class ExtractiveAnswerer:
-    """The default answerer: the best evidence sentences themselves, verbatim, in document order."""
+    """The default answerer: the best evidence sentences themselves, verbatim, each document's best first."""
 
     def compose(
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
@@ -95,11 +95,13 @@ def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence]:
 
 
 def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:
-    """The sentences with their markers: official documents first, then by best sentence; each document in order."""
+    """The sentences with their markers, `chosen` given best first: official documents first, then by best
+    sentence; each document's best sentence leads it, and its others follow in their own order."""
     doc_rank: dict[int, tuple[bool, int]] = {}
     for ev in chosen:
         doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
-    chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.start))
+    lead = {ev.doc: ev.row for ev in reversed(chosen)}
+    chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.row != lead[ev.doc], ev.start))
     doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
     return " ".join(
         f"{text[ev.start : ev.end]} [{i}]"

@@ -5,7 +5,7 @@ import re
 import pytest
 
 import app.retrieve as retrieve_module
-from app.answer import ABSTAIN_TEXT, _unquoted, ask, candidates, check_citations, citations, passages
+from app.answer import ABSTAIN_TEXT, _unquoted, ask, candidates, check_citations, citations, passages, render
 from app.errors import BadInput, CitationInvalid
 from app.expect import (
     DATE,
@@ -111,6 +111,36 @@ def test_official_letter_preferred_when_press_repeats_it(seed_snapshot, embedder
     )
     quoting = [c for c in answer.citations if "child protection visits were not being completed" in c.quote]
     assert quoting and all(c.doc_id == LETTER for c in quoting)
+
+
+def test_each_documents_best_sentence_leads_it_and_official_documents_come_first(seed_snapshot):
+    def sentences(doc_id):
+        doc = next(i for i, d in enumerate(seed_snapshot.doc_list) if d.doc_id == doc_id)
+        rows = [r for r in range(len(seed_snapshot.sent_doc)) if int(seed_snapshot.sent_doc[r]) == doc]
+        return [
+            Evidence(r, doc, int(seed_snapshot.sent_start[r]), int(seed_snapshot.sent_end[r]), 0.5, 0)
+            for r in rows
+        ]
+
+    def quoted(text):
+        return [m.strip() for m in re.split(r"\[\d+\]", text) if m.strip()]
+
+    def words(ev):
+        return seed_snapshot.doc_list[ev.doc].text[ev.start : ev.end]
+
+    letter = sentences(LETTER)
+    news = sentences(
+        next(d.doc_id for d in seed_snapshot.doc_list if d.doc_id != LETTER and "official" not in d.kind)
+    )
+    # Given best first: a news sentence, then the letter's later sentence, then earlier ones of each.
+    best_first = [news[6], letter[9], news[2], letter[3]]
+    assert quoted(render(seed_snapshot, list(best_first))) == [
+        words(ev) for ev in (letter[9], letter[3], news[6], news[2])
+    ]
+    # A document's own order holds after its best sentence.
+    assert quoted(render(seed_snapshot, [news[5], news[1], news[3]])) == [
+        words(ev) for ev in (news[5], news[1], news[3])
+    ]
 
 
 def test_check_citations_rejects_tampering(seed_snapshot, embedder, seed_settings):
