@@ -98,9 +98,10 @@ def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:
     """The sentences with their markers, `chosen` given best first: official documents first, then by best
     sentence; each document's best sentence leads it, and its others follow in their own order."""
     doc_rank: dict[int, tuple[bool, int]] = {}
+    lead: dict[int, int] = {}
     for ev in chosen:
         doc_rank.setdefault(ev.doc, (not _official(snapshot, ev), len(doc_rank)))
-    lead = {ev.doc: ev.row for ev in reversed(chosen)}
+        lead.setdefault(ev.doc, ev.row)
     chosen.sort(key=lambda ev: (doc_rank[ev.doc], ev.row != lead[ev.doc], ev.start))
     doc_text = [snapshot.doc_list[ev.doc].text for ev in chosen]
     return " ".join(
