@@ -154,7 +154,7 @@ def expected(question: str) -> str | None:
     """The answer type the question asks for, if it names one."""
     q = question.lower().strip()
     if re.match(r"(?:and\s+)?when\b", q) or re.search(
-        r"\b(?:what|which|in what|in which|on what|on which)\s+(?:year|month|date|day|decade|century|months|years)\b",
+        r"\b(?:what|which|in what|in which|on what|on which)\s+(?:years?|months?|dates?|days?|decades?|centur(?:y|ies))\b",
         q,
     ):
         return DATE

@@ -228,6 +228,9 @@ def test_sentences_rank_by_chunk_coverage_but_answer_on_their_own_evidence(
 def test_answer_kinds():
     assert expected("When did it happen?") == DATE
     assert expected("In which month was it?") == DATE
+    # Plural forms ask for dates too.
+    assert expected("On which dates was the festival held?") == DATE
+    assert expected("In which centuries did the city grow?") == DATE
     assert expected("How many staff?") == NUMBER
     assert expected("Who leads the council?") == PERSON
     assert expected("Why did it fail?") is None
