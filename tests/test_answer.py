@@ -231,6 +231,10 @@ def test_answer_kinds():
     # Plural forms ask for dates too.
     assert expected("On which dates was the festival held?") == DATE
     assert expected("In which centuries did the city grow?") == DATE
+    assert expected("Which days was the office closed?") == DATE
+    assert expected("In which decades did the population fall?") == DATE
+    # "dates" as a verb asks for no date.
+    assert expected("What dates back to the 12th century?") is None
     assert expected("How many staff?") == NUMBER
     assert expected("Who leads the council?") == PERSON
     assert expected("Why did it fail?") is None
@@ -274,6 +278,7 @@ def test_answer_kinds():
     assert form_words("What body did the council set up?") == ["body"]
     assert form_words("What did the council set up?") == []
     assert form_words("What share price was quoted?") == []  # "share" modifies "price" here
+    assert form_words("In which decades did the population fall?") == ["decades"]
     assert form_words("What share of contacts met the threshold?") == ["share"]
     # The noun "rate" asks for a figure, not a verdict; money is asked for as the question's head.
     assert expected("How has the crime rate changed since 2010?") is None
