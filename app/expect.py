@@ -182,8 +182,8 @@ def expected(question: str) -> str | None:
 # A count word is always form; a noun is form only as the head of the wh-phrase, followed by "of", a verb or
 # the end ("what share of", "what body did"), not when it modifies another noun ("what share price").
 _FORM_NOUNS = (
-    "day|days|week|weeks|month|months|year|years|date|dates|decades?|century|centuries|time|percentage|proportion|"
-    "share|number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name"
+    "day|days|week|weeks|month|months|year|years|date|dates|decade|decades|century|centuries|time|percentage|"
+    "proportion|share|number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name"
 )
 _FORM_Q = re.compile(
     rf"\b(?:which|what|how many|how much)\s+(?:(?P<count>two|three|four|five)\b"
