@@ -143,6 +143,8 @@ _DATE_FIGURES = re.compile(
 _MONTH_Q = re.compile(r"\b(?:which|what)\s+months?\b", re.I)
 _YEAR_Q = re.compile(r"\b(?:which|what)\s+years?\b", re.I)
 _WEEKDAY_Q = re.compile(r"\bday of the week\b", re.I)
+# The nouns that ask for a date after "which", "what", "in which" (and that name only the answer's kind).
+_DATE_NOUNS = r"years?|months?|dates?|days?|decades?|centur(?:y|ies)"
 _GRANULE = {
     "month": re.compile(rf"\b(?:{_MONTHS})\b", re.I),
     "year": re.compile(rf"\b{_YEAR}\b"),
@@ -154,8 +156,8 @@ def expected(question: str) -> str | None:
     """The answer type the question asks for, if it names one."""
     q = question.lower().strip()
     if re.match(r"(?:and\s+)?when\b", q) or re.search(
-        r"\b(?:what|which|in what|in which|on what|on which)\s+"
-        r"(?:years?|months?|date|dates(?!\s+(?:back|from)\b)|days?|decades?|centur(?:y|ies))\b",
+        # "dates back to", "dates from": the verb, not the noun.
+        rf"\b(?:what|which|in what|in which|on what|on which)\s+(?!dates\s+(?:back|from)\b)(?:{_DATE_NOUNS})\b",
         q,
     ):
         return DATE
@@ -182,8 +184,8 @@ def expected(question: str) -> str | None:
 # A count word is always form; a noun is form only as the head of the wh-phrase, followed by "of", a verb or
 # the end ("what share of", "what body did"), not when it modifies another noun ("what share price").
 _FORM_NOUNS = (
-    "day|days|week|weeks|month|months|year|years|date|dates|decade|decades|century|centuries|time|percentage|"
-    "proportion|share|number|amount|body|bodies|organi[sz]ation|group|institution|kind|type|sort|name"
+    rf"{_DATE_NOUNS}|weeks?|time|percentage|proportion|share|number|amount|body|bodies|organi[sz]ation|group|"
+    "institution|kind|type|sort|name"
 )
 _FORM_Q = re.compile(
     rf"\b(?:which|what|how many|how much)\s+(?:(?P<count>two|three|four|five)\b"
