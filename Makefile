@@ -39,20 +39,20 @@ bench: install
 load: install
 	$(PY) -m bench.load
 
-# Train the reader (app/train.py) from the open QA files in READER_DATA (models/reader/README.md lists them)
+# Train the reader (training/train.py) from the open QA files in READER_DATA (models/reader/README.md lists them)
 # and write models/reader/. The committed model is what `make run` and `make test` use: this only retrains.
 reader: install
 	@test -n "$(READER_DATA)" || { echo "usage: make reader READER_DATA=<folder of the QA files in models/reader/README.md>" >&2; exit 2; }
-	$(PY) -m app.train --data $(READER_DATA)
+	$(PY) -m training.train --data $(READER_DATA)
 
 lint: install
-	.venv/bin/ruff check app ingest evals tests bench
-	.venv/bin/ruff format --check app ingest evals tests bench
-	.venv/bin/mypy app ingest evals
+	.venv/bin/ruff check app ingest evals training tests bench
+	.venv/bin/ruff format --check app ingest evals training tests bench
+	.venv/bin/mypy app ingest evals training
 
 format: install
-	.venv/bin/ruff check --fix app ingest evals tests bench
-	.venv/bin/ruff format app ingest evals tests bench
+	.venv/bin/ruff check --fix app ingest evals training tests bench
+	.venv/bin/ruff format app ingest evals training tests bench
 
 clean:
 	rm -rf .citeqa evals/reports .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,7 @@ def _progress_bar() -> Callable[[str, int, int], None] | None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Bring the index in line with a corpus folder."""
-    from app.embed import get_embedder
+    from app.store.embed import get_embedder
     from ingest.build import ingest
 
     settings = get_settings()
@@ -60,9 +60,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _answer(args: argparse.Namespace) -> int:
     """Print the answer to one question."""
-    from app.answer import ask
-    from app.embed import get_embedder
-    from app.index import Store
+    from app.qa.answer import ask
+    from app.store.embed import get_embedder
+    from app.store.index import Store
 
     settings = get_settings()
     snapshot = Store(settings).open()
@@ -119,11 +119,11 @@ def read_questions(path: Path) -> tuple[list[str], str]:
 
 def cmd_brief(args: argparse.Namespace) -> int:
     """Answer a file of questions and write the briefing: Markdown, Word or JSON."""
-    from app.brief import assemble
-    from app.embed import get_embedder
-    from app.export import export
-    from app.index import Store
+    from app.briefing.brief import assemble
+    from app.briefing.export import export
     from app.schemas import BriefingFormat, BriefingItem
+    from app.store.embed import get_embedder
+    from app.store.index import Store
 
     path = Path(args.questions_file)
     questions, file_title = read_questions(path)
@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API and the UI."""
     import uvicorn
 
-    uvicorn.run("app.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run("app.web.api:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

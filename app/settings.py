@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     candidates: int = 40
     rrf_k: int = 60
     max_answer_sentences: int = 3
-    # Sentences the reader (models/reader, app/read.py) may score and rank per question, the best by the
+    # Sentences the reader (models/reader, app/qa/read.py) may score and rank per question, the best by the
     # hybrid rank, of which it reads those scoring at least abstain_threshold; 0 leaves the reader out. The
     # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions and
     # the best 16 for 0.936, with the same answers there (models/reader/README.md, "Limits").

@@ -9,9 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from app.embed import Embedder, model_path
-from app.index import Store
 from app.settings import Settings
+from app.store.embed import Embedder, model_path
+from app.store.index import Store
 from ingest.build import ingest
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from app.embed import MODEL_NAME
+from app.store.embed import MODEL_NAME
 from bench.watch import NOISY_CORES
 
 CORPUS_LABEL = {"seed": "seed corpus", "squad": "SQuAD split", "synth": "synthetic 50k"}

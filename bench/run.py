@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
-from app.embed import get_embedder
-from app.index import Store
 from app.settings import Settings
-from app.train import write_corpus
+from app.store.embed import get_embedder
+from app.store.index import Store
 from bench import ingest_speed, report, serve, starter, synth
 from bench.watch import Background, RssSampler, wait_quiet
+from evals.split import write_corpus
 from evals.squad import SPLIT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from app.index import Store
 from app.settings import Settings
+from app.store.index import Store
 
 TOP_K = 5
 BATCH = 2000

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.embed import Embedder
-from app.index import FORMAT
 from app.settings import Settings
+from app.store.embed import Embedder
+from app.store.index import FORMAT
 from evals.squad import SPLIT
 from ingest.build import PIPELINE_VERSION, ingest
 from ingest.chunk import bounded_sentences, chunk

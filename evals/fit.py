@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from app.embed import Embedder
-from app.index import Snapshot
-from app.retrieve import FRAME_PENALTY, retrieve
+from app.qa.retrieve import FRAME_PENALTY, retrieve
 from app.settings import Settings
-from app.train import holds_answer
+from app.store.embed import Embedder
+from app.store.index import Snapshot
+from evals.split import holds_answer
 
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
@@ -101,7 +101,7 @@ def candidate_examples(
     with no abstention threshold: the rank is fitted on all of them, as the candidate figures count them):
     (hybrid score, unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for
     an unanswerable question), and the number of its question."""
-    from app.read import get_reader, scored
+    from app.qa.read import get_reader, scored
 
     reader = get_reader(settings.reader_dir)
     rows, labels, question = [], [], []
@@ -141,7 +141,7 @@ def fit_frame(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def fit_rank(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:
-    """The reader's rank (app/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the unframed
+    """The reader's rank (app/qa/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the unframed
     flag and the chunk coverage, listwise over each question whose candidates hold a gold answer."""
     ranked = [(x[question == n][:, [2, 0, 1, 3]], y[question == n]) for n in np.unique(question)]
     rank = rank_weights([(z, t) for z, t in ranked if t.any()])

@@ -100,13 +100,13 @@ def load_questions(path: Path) -> list[Question]:
 
 
 class InProcess:
-    """A fresh index of the corpus in a temporary home, asked through `app.answer` as the API does."""
+    """A fresh index of the corpus in a temporary home, asked through `app.qa.answer` as the API does."""
 
     mode = "in-process"
 
     def __init__(self, corpus: Path, settings: Settings) -> None:
-        from app.embed import get_embedder
-        from app.index import Store
+        from app.store.embed import get_embedder
+        from app.store.index import Store
         from ingest.build import ingest
 
         self._tmp = tempfile.TemporaryDirectory(prefix="citeqa-eval-")
@@ -118,13 +118,13 @@ class InProcess:
 
     def ask(self, question: str, history: list[Message]) -> Answer:
         """Answer with the default top_k, exactly as POST /ask does."""
-        from app.answer import ask
+        from app.qa.answer import ask
 
         return ask(self.snapshot, self.embedder, question, self.settings, history=history)
 
     def passages(self, query: str, top_k: int) -> list[Passage]:
         """Retrieve passages, exactly as POST /retrieve does."""
-        from app.answer import passages
+        from app.qa.answer import passages
 
         return passages(self.snapshot, self.embedder, query, self.settings, top_k)
 

@@ -1,7 +1,7 @@
 """The SQuAD benchmark: each paragraph of the vendored split is a document; retrieval and answers are scored.
 
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
-The questions come from the evaluation articles only (app/train.py splits the articles by use).
+The questions come from the evaluation articles only (training/train.py splits the articles by use).
 `--natural` runs the natural-question benchmark instead: QED dev's search-engine questions, half of its
 articles indexed, so the other half's questions are off-corpus ones that should abstain (see `natural`).
 `--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
@@ -22,18 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from app.answer import ask, candidates, passages
-from app.embed import get_embedder
 from app.errors import BadInput
-from app.index import Store
-from app.retrieve import retrieve
+from app.qa.answer import ask, candidates, passages
+from app.qa.retrieve import retrieve
 from app.schemas import Answer
 from app.settings import Settings
-from app.train import CALIBRATION_ARTICLES, DEV, EVAL_ARTICLES, SQUAD, holds_answer, write_corpus
+from app.store.embed import get_embedder
+from app.store.index import Store
 from evals import metrics
+from evals.split import CALIBRATION_ARTICLES, DEV, EVAL_ARTICLES, SQUAD, holds_answer, write_corpus
 from ingest.build import ingest
 
-# The vendored files, where app/train.py keeps them apart by use.
+# The vendored files, where training/train.py keeps them apart by use.
 SPLIT = SQUAD
 NATURAL = DEV
 # Natural questions for fitting the reader's rank beside the calibration articles: 628 QED training articles
@@ -155,7 +155,7 @@ def indexed(
     """The whole split indexed in `home` (or a temporary folder deleted afterwards), with its questions.
 
     Every paragraph is a document, so retrieval searches all of them; the questions asked come from the
-    articles the reader never trained on (app/train.py): EVAL_ARTICLES measure, CALIBRATION_ARTICLES
+    articles the reader never trained on (training/train.py): EVAL_ARTICLES measure, CALIBRATION_ARTICLES
     calibrate and fit.
     """
     with tempfile.TemporaryDirectory(prefix="citeqa-squad-") as tmp:
@@ -220,7 +220,7 @@ def fit_scorer(
     settings: Settings, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the calibration articles' answerable
-    questions and FRAME_PENALTY on all of them; the reader's rank weights (app/read.py) on those and on the
+    questions and FRAME_PENALTY on all of them; the reader's rank weights (app/qa/read.py) on those and on the
     natural questions of NATURAL_FIT, indexed beside them (`settings.home`'s folder)."""
     from evals.fit import candidate_examples, examples, fit, fit_frame, fit_rank
 

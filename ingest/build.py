@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from app.embed import Embedder
 from app.errors import BadInput, IndexDamaged, IndexMissing
-from app.index import FORMAT, Document, Snapshot, Store, chroma_client, collection_name
 from app.schemas import IngestSummary, Skipped
 from app.settings import Settings
-from app.split import terms
+from app.store.embed import Embedder
+from app.store.index import FORMAT, Document, Snapshot, Store, chroma_client, collection_name
+from app.store.split import terms
 from ingest.chunk import bounded_sentences, chunk
 from ingest.clean import clean
 from ingest.load import SUPPORTED, load

@@ -1,6 +1,6 @@
 """Sentence-aware chunking: chunks are runs of whole sentences with offsets into the cleaned text."""
 
-from app.split import sentence_spans
+from app.store.split import sentence_spans
 
 # About 150 words: long enough to carry context, short enough that a chunk stays on one topic.
 MAX_CHUNK_CHARS = 900

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.answer import ask, passages
-from app.embed import Embedder, get_embedder
-from app.index import Snapshot, Store
+from app.qa.answer import ask, passages
 from app.schemas import Answer
 from app.settings import Settings
+from app.store.embed import Embedder, get_embedder
+from app.store.index import Snapshot, Store
 from ingest.build import ingest
 
 ROOT = Path(__file__).resolve().parent.parent

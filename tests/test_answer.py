@@ -4,10 +4,19 @@ import re
 
 import pytest
 
-import app.retrieve as retrieve_module
-from app.answer import ABSTAIN_TEXT, _unquoted, ask, candidates, check_citations, citations, passages, render
+import app.qa.retrieve as retrieve_module
 from app.errors import BadInput, CitationInvalid
-from app.expect import (
+from app.qa.answer import (
+    ABSTAIN_TEXT,
+    _unquoted,
+    ask,
+    candidates,
+    check_citations,
+    citations,
+    passages,
+    render,
+)
+from app.qa.expect import (
     DATE,
     NAME,
     NUMBER,
@@ -20,11 +29,11 @@ from app.expect import (
     offers,
     sub_questions,
 )
-from app.followup import standalone
-from app.index import Store
-from app.retrieve import CHUNK_COVERAGE_WEIGHT, FRAME_PENALTY, Evidence, retrieve, unframed
+from app.qa.followup import standalone
+from app.qa.retrieve import CHUNK_COVERAGE_WEIGHT, FRAME_PENALTY, Evidence, retrieve, unframed
 from app.schemas import Message
 from app.settings import Settings
+from app.store.index import Store
 from ingest.build import ingest
 from tests.conftest import citeqa_cli
 
@@ -400,7 +409,7 @@ def test_encoder_matches_sentence_transformers(embedder):
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from app.embed import model_path
+    from app.store.embed import model_path
 
     reference = SentenceTransformer(str(model_path()), device="cpu")
     # Short, empty, non-Latin, and past both the tokenizer file's 128 and the model's 256 token limits.
@@ -414,7 +423,7 @@ def test_encoder_matches_sentence_transformers(embedder):
 def test_damaged_model_cache_is_exported_again(tmp_path, embedder):
     import numpy as np
 
-    from app.embed import Embedder
+    from app.store.embed import Embedder
 
     first = Embedder(tmp_path)
     assert first.onnx_file.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [
@@ -429,8 +438,8 @@ def test_damaged_model_cache_is_exported_again(tmp_path, embedder):
 def test_unwritable_model_cache_is_a_clear_error(tmp_path):
     import pytest
 
-    from app.embed import Embedder
     from app.errors import ModelUnavailable
+    from app.store.embed import Embedder
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

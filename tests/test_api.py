@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.embed import Embedder
-from app.index import Snapshot
 from app.settings import Settings
+from app.store.embed import Embedder
+from app.store.index import Snapshot
+from app.web.api import create_app
 
 pytestmark = pytest.mark.slow
 

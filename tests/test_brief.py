@@ -22,10 +22,10 @@ from lxml import etree
 from markdown_it import MarkdownIt
 from mdit_py_plugins.footnote import footnote_plugin
 
-from app.api import create_app
-from app.export import MEDIA_TYPES, md_block, md_text
-from app.index import Snapshot
+from app.briefing.export import MEDIA_TYPES, md_block, md_text
 from app.settings import Settings
+from app.store.index import Snapshot
+from app.web.api import create_app
 from tests.conftest import citeqa_cli
 
 pytestmark = pytest.mark.slow

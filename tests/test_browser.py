@@ -13,10 +13,11 @@ import httpx
 import pytest
 from test_e2e import serve, stop
 
-from app.embed import Embedder
 from app.settings import Settings
-from app.split import squash
-from app.ui import answer_html, as_text, citation_line, source_html
+from app.store.embed import Embedder
+from app.store.split import squash
+from app.web.ui.chat import answer_html, citation_line, source_html
+from app.web.ui.client import as_text
 from ingest.build import ingest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import create_app
-from app.embed import Embedder
-from app.index import Live, Store, chroma_address, chroma_client, collection_name
 from app.settings import Settings
+from app.store.embed import Embedder
+from app.store.index import Live, Store, chroma_address, chroma_client, collection_name
+from app.web.api import create_app
 from bench.load import post_ingest, serve
 from bench.serve import free_port, stop
 from ingest.build import HNSW_EF_SEARCH, ingest

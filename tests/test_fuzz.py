@@ -19,10 +19,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.api import create_app
-from app.embed import Embedder
-from app.index import Snapshot, Store
 from app.settings import Settings
+from app.store.embed import Embedder
+from app.store.index import Snapshot, Store
+from app.web.api import create_app
 from ingest.build import ingest
 from ingest.chunk import MAX_CHUNK_CHARS, MAX_SENTENCE_CHARS, bounded_sentences, chunk
 from ingest.clean import clean

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.answer import ask
-from app.embed import Embedder
-from app.index import Store
+from app.qa.answer import ask
 from app.settings import Settings
-from app.split import sentence_spans
+from app.store.embed import Embedder
+from app.store.index import Store
+from app.store.split import sentence_spans
 from ingest.build import HNSW_EF_SEARCH, ingest
 from ingest.clean import clean
 from ingest.load import load

@@ -14,10 +14,10 @@ import schemathesis
 from fastapi.testclient import TestClient
 from test_e2e import serve, stop
 
-from app.answer import validate_question
-from app.api import NOT_BLANK, create_app
 from app.errors import BadInput
+from app.qa.answer import validate_question
 from app.settings import Settings
+from app.web.api import NOT_BLANK, create_app
 from tests.conftest import make_settings
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-import app.answer
-from app.answer import ExtractiveAnswerer, ask, candidates
+import app.qa.answer
 from app.errors import ModelUnavailable
-from app.expect import sub_questions
-from app.read import (
+from app.qa.answer import ExtractiveAnswerer, ask, candidates
+from app.qa.expect import sub_questions
+from app.qa.read import (
     IDLE_LANES,
     MODEL_DIR,
     TITLE_WORDS,
@@ -30,10 +30,10 @@ from app.read import (
     scored,
     to_read,
 )
-from app.retrieve import retrieve
-from app.train import (
-    SQUAD,
-    TRAIN_ARTICLES,
+from app.qa.retrieve import retrieve
+from evals.split import SQUAD, TRAIN_ARTICLES, write_corpus
+from tests.conftest import ROOT
+from training.train import (
     Group,
     Pair,
     batches,
@@ -44,9 +44,7 @@ from app.train import (
     mined,
     paragraphs,
     tokenizer,
-    write_corpus,
 )
-from tests.conftest import ROOT
 
 
 def score(reader, question, sentences):
@@ -228,7 +226,7 @@ def test_a_coordinated_question_cites_what_its_parts_cite_alone(
         searched[query] = threading.current_thread().name
         return retrieve(snapshot, embedder, query, *args)
 
-    monkeypatch.setattr(app.answer, "retrieve", noted)
+    monkeypatch.setattr(app.qa.answer, "retrieve", noted)
     answer = ask(seed_snapshot, embedder, question, seed_settings)
     monkeypatch.undo()
     # The first part on the asking thread, the second on the helper.
@@ -413,7 +411,7 @@ def test_group_keeps_one_pair_per_sentence():
 def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_question():
     import torch
 
-    from app.embed import model_path
+    from app.store.embed import model_path
 
     answerable = Group(
         "Which river?", [Pair("Which river?", "The Calder.", 1.0), Pair("Which river?", "A town.", 0.0)]
@@ -442,7 +440,7 @@ def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_questi
 
 @pytest.mark.slow
 def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
-    from app.embed import model_path
+    from app.store.embed import model_path
 
     examples = list(groups(paragraphs(SQUAD, TRAIN_ARTICLES[:1]), random.Random(0)).values())[:8]
     log = io.StringIO()
@@ -459,4 +457,4 @@ def test_training_data_is_recorded_in_the_card():
     for name in ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json", *TRAIN_ARTICLES):
         assert name in card
     assert str(metrics["pairs"]) in card.replace(",", "")
-    assert (ROOT / "Makefile").read_text().count("app.train") == 1
+    assert (ROOT / "Makefile").read_text().count("training.train") == 1

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from app.cli import main as cli_main
-from app.embed import Embedder
 from app.errors import IngestBusy
-from app.index import Store
 from app.settings import Settings, get_settings
+from app.store.embed import Embedder
+from app.store.index import Store
 from bench.load import Server, check_answer, post_ingest, run, serve
 from ingest.build import ingest
 from tests.conftest import CORPUS, ROOT, make_settings

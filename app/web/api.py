@@ -16,13 +16,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.answer import ask, passages, validate_question
-from app.brief import assemble
-from app.embed import Embedder, get_embedder
+from app.briefing.brief import assemble
+from app.briefing.export import MEDIA_TYPES, export, filename
 from app.errors import BadInput, CiteqaError, IndexDamaged, IndexMissing, NotFound
-from app.export import MEDIA_TYPES, export, filename
-from app.index import Document, Live, Snapshot
-from app.read import get_reader
+from app.qa.answer import ask, passages, validate_question
+from app.qa.read import get_reader
 from app.schemas import (
     NOT_BLANK,
     Answer,
@@ -38,6 +36,8 @@ from app.schemas import (
     briefing_request_model,
 )
 from app.settings import Settings, get_settings
+from app.store.embed import Embedder, get_embedder
+from app.store.index import Document, Live, Snapshot
 
 UI_PATH = "/ui"
 NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
@@ -547,8 +547,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     import gradio as gr
 
-    from app.brief_ui import CSS as BRIEF_CSS
-    from app.ui import CSS, HEAD, build_ui
+    from app.web.ui.briefing import CSS as BRIEF_CSS
+    from app.web.ui.chat import CSS, HEAD, build_ui
 
     # The UI has no upload fields; the cap stops Gradio's upload route from filling the disk.
     return gr.mount_gradio_app(

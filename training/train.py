@@ -1,6 +1,6 @@
 """Train citeqa's reader: a cross-encoder that scores (question, sentence) pairs, exported to ONNX.
 
-Run: `make reader READER_DATA=DIR` (`python -m app.train --data DIR`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
+Run: `make reader READER_DATA=DIR` (`python -m training.train --data DIR`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
 named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, mines
 negatives from citeqa's own retrieval over some of them, fine-tunes the first LAYERS layers of the packaged
 all-MiniLM-L6-v2 with a fresh one-logit head, and writes `models/reader/` (the int8 ONNX graph, its
@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -24,23 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from app.read import MAX_TOKENS, reads
-from app.split import sentence_spans, squash, terms
+from app.qa.read import MAX_TOKENS, reads
+from app.store.split import sentence_spans, terms
+from evals.split import DEV, EVAL_ARTICLES, SQUAD, TRAIN_ARTICLES, holds_answer, title_of, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "reader"
-SQUAD = ROOT / "evals" / "data" / "squad-dev-split.json"
 DATA_FILES = ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json")
-# QED dev, held out from training: measured here, and the natural-question benchmark (evals/squad.py).
-DEV = ROOT / "evals" / "data" / "qed-dev.json"
-# SQuAD 2.0 articles by use: the reader trains on the first group (its only source of unanswerable
-# questions), the abstention threshold is calibrated on the second, and the benchmark measures the third.
-# Articles, not questions, are kept apart: a model that saw an article's paragraphs would flatter it.
-TRAIN_ARTICLES = ("Computational_complexity_theory", "Steam_engine", "Packet_switching")
-CALIBRATION_ARTICLES = ("European_Union_law", "Normans")
-EVAL_ARTICLES = ("Huguenot", "1973_oil_crisis", "Harvard_University")
 SEED = 13
 # Transformer layers kept from all-MiniLM-L6-v2. Four cost two thirds as much as six to train and run, and
 # with this recipe ranked as well within held-out SQuAD paragraphs and among retrieval's candidates (the
@@ -62,7 +52,7 @@ IMPOSSIBLE_WEIGHT = 2.0
 NEAR = 6
 # Negatives mined from citeqa's own retrieval. MINED_FILES and the SQuAD training articles are indexed as
 # corpora, one document per paragraph, and each of their questions is asked of its corpus. Of the candidates
-# the reader may be given (app.read.to_read at the default budget, with no abstention threshold, as the
+# the reader may be given (app.qa.read.to_read at the default budget, with no abstention threshold, as the
 # shipped model was trained), the MINED_NEGATIVES best that hold no gold answer's text join the question's
 # negatives: the candidates it must rank below the answer in use, from other paragraphs and articles as
 # no paragraph-bound negative is.
@@ -98,11 +88,6 @@ def paragraphs(path: Path, articles: Iterable[str] | None = None) -> Iterable[di
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         if wanted is None or article.get("title") in wanted:
             yield from ({**para, "title": title_of(article)} for para in article["paragraphs"])
-
-
-def title_of(article: dict[str, Any]) -> str:
-    """An article's title as its documents state it ("Steam engine" for "Steam_engine"; none for COVID-QA)."""
-    return (article.get("title") or "").replace("_", " ")
 
 
 def _overlap(question: set[str], sentence: str) -> int:
@@ -209,55 +194,15 @@ class _Distractors:
         return out
 
 
-def write_corpus(
-    path: Path, folder: Path, articles: Iterable[str] | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write one file per paragraph of a SQuAD 2.0 JSON file (optionally of the named articles only), titled by
-    its article in the folder's manifest; return its (answerable, unanswerable) questions, each with its
-    document id and gold answer texts."""
-    from ingest.build import MANIFEST
-
-    wanted = set(articles) if articles is not None else None
-    folder.mkdir(parents=True, exist_ok=True)
-    answerable: list[dict[str, Any]] = []
-    unanswerable: list[dict[str, Any]] = []
-    titles: dict[str, dict[str, str]] = {}
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        if wanted is not None and article.get("title") not in wanted:
-            continue
-        name = re.sub(r"[^a-z0-9]+", "-", article["title"].lower()).strip("-")
-        for i, para in enumerate(article["paragraphs"]):
-            stem = f"{name}-{i:03d}"
-            (folder / f"{stem}.txt").write_text(para["context"], encoding="utf-8")
-            titles[f"{stem}.txt"] = {"title": title_of(article)}
-            for qa in para["qas"]:
-                item = {
-                    "id": qa["id"],
-                    "article": article["title"],
-                    "question": qa["question"],
-                    "doc_id": f"{stem}.txt",
-                    "answers": sorted({a["text"] for a in qa["answers"]}),
-                }
-                (unanswerable if qa.get("is_impossible") else answerable).append(item)
-    (folder / MANIFEST).write_text(yaml.safe_dump({"documents": titles}), encoding="utf-8")
-    return answerable, unanswerable
-
-
-def holds_answer(text: str, answers: Iterable[str]) -> bool:
-    """Whether `text` contains one of the gold answer texts, case and spacing aside."""
-    squashed = squash(text.lower())
-    return any(squash(a.lower()) in squashed for a in answers if a.strip())
-
-
 def mined(path: Path, articles: Iterable[str] | None, work: Path, log: Any) -> dict[str, list[Pair]]:
     """Negatives from citeqa's own retrieval (see MINED_NEGATIVES), by question id: the file's paragraphs
     (optionally the named articles' only) are indexed under `work` and its questions asked of them. An
     unanswerable question's are weighted as its paragraph's are."""
-    from app.embed import get_embedder
-    from app.index import Store
-    from app.read import texts_of, to_read
-    from app.retrieve import retrieve
+    from app.qa.read import texts_of, to_read
+    from app.qa.retrieve import retrieve
     from app.settings import Settings
+    from app.store.embed import get_embedder
+    from app.store.index import Store
     from ingest.build import ingest
 
     embedder = get_embedder()
@@ -397,7 +342,7 @@ def export(model: Any, target: Path) -> None:
     """Trace the model with a sigmoid on its logit into ONNX, dynamic in batch and length."""
     import torch
 
-    from app.embed import trace
+    from app.store.embed import trace
 
     class Probability(torch.nn.Module):
         def __init__(self) -> None:
@@ -449,7 +394,7 @@ def _located(paras: Iterable[dict[str, Any]]) -> list[tuple[str, list[str], set[
 
 def precision_at_1(model_file: Path, source: Path, questions: list[tuple[str, list[str], set[int]]]) -> float:
     """Share of held-out questions whose top-scored sentence in their own paragraph holds the answer."""
-    from app.read import Reader
+    from app.qa.read import Reader
 
     reader = Reader(model_file, source / "tokenizer.json")
     right = 0
@@ -486,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"citeqa: training data missing in {args.data}: {', '.join(missing)}", file=sys.stderr)
         return 2
-    from app.embed import model_path
+    from app.store.embed import model_path
 
     source = model_path()
     started = time.perf_counter()

@@ -3,7 +3,7 @@
 import re
 from collections.abc import Callable
 
-from app.split import is_stopword
+from app.store.split import is_stopword
 
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _DAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"

@@ -7,7 +7,7 @@ from datetime import date
 from lxml import etree
 
 from app.schemas import Briefing, BriefingFormat, Note
-from app.split import squash
+from app.store.split import squash
 
 MEDIA_TYPES: dict[str, str] = {
     "md": "text/markdown; charset=utf-8",

@@ -10,11 +10,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from app.embed import Embedder
-from app.expect import NUMBER, counted_nouns, counts, expected, form_words, offers
-from app.index import Snapshot
+from app.qa.expect import NUMBER, counted_nouns, counts, expected, form_words, offers
 from app.settings import Settings
-from app.split import terms
+from app.store.embed import Embedder
+from app.store.index import Snapshot
+from app.store.split import terms
 
 # Sentence score = dense similarity and lexical coverage, blended; weights tuned on the SQuAD split
 # (evals/squad.py), never on the seed corpus's own questions.

@@ -1,6 +1,6 @@
 """The reader: citeqa's own cross-encoder, which scores how well each sentence answers a question.
 
-Trained by `make reader` (app/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
+Trained by `make reader` (training/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
 ONNX Runtime one pair at a time, over two one-thread sessions for a call that finds the reader idle and on
 one for a call that overlaps another (Lanes).
 """
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from app.embed import ort_session
 from app.errors import ModelUnavailable
-from app.index import Snapshot
-from app.retrieve import Evidence, Retrieval
+from app.qa.retrieve import Evidence, Retrieval
+from app.store.embed import ort_session
+from app.store.index import Snapshot
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
-# Question plus title and sentence (see reads), in word pieces, in training (app/train.py) and here; a
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "reader"
+# Question plus title and sentence (see reads), in word pieces, in training (training/train.py) and here; a
 # sentence longer than that is cut, its start kept.
 MAX_TOKENS = 96
 # The reader decides which sentence answers; whether any does stays with the hybrid score and the one

@@ -6,17 +6,15 @@ from typing import Any
 from urllib.parse import quote
 
 import gradio as gr
-import httpx
 
-from app.export import nice_date
+from app.briefing.export import nice_date
 from app.settings import Settings
-from app.split import squash
+from app.store.split import squash
+from app.web.ui.briefing import add_link, briefing_panel
+from app.web.ui.client import ApiError, as_text, call_api
 
 EXAMPLE_COUNT = 4
-TIMEOUT_S = 120.0
 _MARKER = re.compile(r"\[(\d+)\]")
-# HTML specials and what markdown (or KaTeX) could read as syntax: as numeric entities they are only text.
-_ENTITY_CHARS = set("&<>\"'\\`*_{}[]()#+-.!|~$:")
 _NO_SOURCE = (
     '<div class="cq-empty">Choose a citation to open its document, with the quoted words highlighted.</div>'
 )
@@ -87,11 +85,6 @@ const scroll = () => {
 watch("value", scroll);
 scroll();
 """
-
-
-def as_text(value: object) -> str:
-    """Text made safe where markdown and HTML are rendered: escaped, markdown syntax as entities, one line."""
-    return "".join(f"&#{ord(ch)};" if ch in _ENTITY_CHARS else ch for ch in squash(str(value)))
 
 
 def _link(url: str) -> str:
@@ -196,67 +189,6 @@ def example_questions(settings: Settings) -> list[str]:
     return (settings.example_questions or read_examples(settings.corpus))[:EXAMPLE_COUNT]
 
 
-class ApiError(Exception):
-    """The API could not be reached or refused the request; `message` is safe to show after escaping."""
-
-    def __init__(self, message: str, title: str) -> None:
-        super().__init__(message)
-        self.message, self.title = message, title
-
-    def show(self) -> None:
-        """Show the failure as a warning toast; the message is escaped because Gradio renders it as HTML."""
-        gr.Warning(html.escape(self.message), title=self.title)
-
-
-def api_base(settings: Settings, request: gr.Request | None) -> str:
-    """The API's base URL: CITEQA_API_URL, else the address this connection reached (not the Host header)."""
-    if settings.api_url:
-        return settings.api_url.rstrip("/")
-    raw = getattr(request, "request", None) if request is not None else None
-    server = raw.scope.get("server") if raw is not None else None
-    if raw is None or not server:
-        raise ApiError("The UI cannot tell where the API is; set CITEQA_API_URL.", "No API")
-    host, port = server
-    host = f"[{host}]" if ":" in str(host) else host
-    return f"{raw.scope.get('scheme', 'http')}://{host}:{port}"
-
-
-def _detail(response: httpx.Response) -> str:
-    """The API's `detail` as one readable line."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if isinstance(detail, list):
-        detail = "; ".join(
-            f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg', '')}".lstrip(": ")
-            for d in detail
-            if isinstance(d, dict)
-        )
-    return str(detail or f"the API answered HTTP {response.status_code}")
-
-
-async def call_api(
-    settings: Settings, request: gr.Request | None, method: str, path: str, raw: bool = False, **kwargs: Any
-) -> Any:
-    """One API call's JSON (or, with `raw`, its bytes); a failure raises ApiError with the API's own message."""
-    base = api_base(settings, request)
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S) as client:
-            response = await client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise ApiError(f"Could not reach the API at {base} ({type(exc).__name__}).", "No API") from None
-    if response.status_code >= 400:
-        title = "No index" if response.status_code == 503 else "Could not answer"
-        raise ApiError(_detail(response), title)
-    if raw:
-        return response.content
-    try:
-        return response.json()
-    except ValueError:
-        raise ApiError(f"The API at {base} did not answer with JSON.", "No API") from None
-
-
 def _new_state() -> dict[str, Any]:
     return {"history": [], "answers": [], "display": []}
 
@@ -321,8 +253,6 @@ def build_ui(settings: Settings) -> gr.Blocks:
 
     def on_clear() -> tuple[Any, ...]:
         return [], _new_state(), "", gr.update(choices=[], value=None, visible=False), "", _NO_SOURCE
-
-    from app.brief_ui import add_link, briefing_panel
 
     examples = example_questions(settings)
     # Downloads (the briefing files) are copied into Gradio's cache; files a day old are removed, hourly.

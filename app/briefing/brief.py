@@ -4,13 +4,13 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from app.answer import ask, validate_question
-from app.embed import Embedder
 from app.errors import BadInput
-from app.index import Snapshot
+from app.qa.answer import ask, validate_question
 from app.schemas import Answer, Briefing, BriefingItem, BriefingSection, Note, Statement, Unanswered
 from app.settings import Settings
-from app.split import squash
+from app.store.embed import Embedder
+from app.store.index import Snapshot
+from app.store.split import squash
 
 _MARKER = re.compile(r"\[(\d+)\]")
 # Long enough to recognise the question in an error message, short enough to keep the message one line.

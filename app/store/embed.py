@@ -57,7 +57,7 @@ class Embedder:
         self._batch_tokenizer.enable_truncation(max_tokens)
         # One thread per query. A second would save about a millisecond when the server is idle, but a
         # second session of this fp32 model costs about 110 MB (the reader's int8 one, 26 MB, earns its
-        # place: app/read.py, Lanes).
+        # place: app/qa/read.py, Lanes).
         try:
             self._query_session = ort_session(self.onnx_file, 1)
         except Exception:  # onnxruntime raises its own untyped errors for a damaged file

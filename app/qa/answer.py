@@ -6,16 +6,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol
 
-from app.embed import Embedder
 from app.errors import BadInput, CitationInvalid
-from app.expect import sub_questions
-from app.followup import standalone
-from app.index import Snapshot
-from app.read import get_reader, read
-from app.retrieve import Evidence, Retrieval, framed, name_groups, retrieve
+from app.qa.expect import sub_questions
+from app.qa.followup import standalone
+from app.qa.read import get_reader, read
+from app.qa.retrieve import Evidence, Retrieval, framed, name_groups, retrieve
 from app.schemas import Answer, Citation, Message, Passage
 from app.settings import Settings
-from app.split import sentence_spans
+from app.store.embed import Embedder
+from app.store.index import Snapshot
+from app.store.split import sentence_spans
 
 ABSTAIN_TEXT = "The documents do not answer this question."
 CLOSEST_TEXT = "Closest material, which is not an answer:"
@@ -38,7 +38,7 @@ class Answerer(Protocol):
     """Turns retrieved evidence into an answer; the seam for an optional generative answerer.
 
     With the reader on, `found.sentences` arrive with the read ones first, in the reader's rank; only those
-    scoring at least the abstention threshold are read (app/read.py, read), and the others follow in the
+    scoring at least the abstention threshold are read (app/qa/read.py, read), and the others follow in the
     hybrid rank."""
 
     def compose(

@@ -2,9 +2,9 @@
 
 import re
 
-from app.retrieve import entities
+from app.qa.retrieve import entities
 from app.schemas import Message
-from app.split import squash, terms
+from app.store.split import squash, terms
 
 _LEAD = re.compile(r"^\s*(and|but|also|so|then|what about|how about|what of|and what about)\b[\s,]*", re.I)
 _PRONOUN = re.compile(

@@ -20,7 +20,7 @@ import numpy as np
 
 from app.errors import IndexDamaged, IndexMissing, IngestBusy
 from app.settings import Settings
-from app.split import terms
+from app.store.split import terms
 
 FORMAT = 1
 _GENERATION = re.compile(r"^gen-(\d{6})$")

@@ -7,10 +7,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.export import filename
+from app.briefing.export import filename
 from app.settings import Settings
-from app.split import squash
-from app.ui import ApiError, as_text, call_api
+from app.store.split import squash
+from app.web.ui.client import ApiError, as_text, call_api
 
 DEFAULT_TITLE = "Briefing"
 _EMPTY = '<div class="cq-empty">Add answers with “Add to briefing”; they are collected here.</div>'
