@@ -28,7 +28,7 @@ run: install ingest
 
 # The eval gate runs inside pytest (tests/test_evals.py).
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 eval: install
 	$(CITEQA) eval --squad --natural

@@ -1,11 +1,21 @@
 """Configuration: the one place that reads the environment."""
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+READER_DIR = Path(__file__).resolve().parent.parent / "models" / "reader"
+
+
+@lru_cache
+def fitted() -> dict[str, Any]:
+    """Values fitted on data (rank weights, penalties, the abstention threshold), from the reader's params.json."""
+    return json.loads((READER_DIR / "params.json").read_text(encoding="utf-8"))
 
 
 class Settings(BaseSettings):
@@ -19,7 +29,7 @@ class Settings(BaseSettings):
         description="Folder for the embedding model exported to ONNX on first use.",
     )
     reader_dir: Path = Field(
-        Path(__file__).resolve().parent.parent / "models" / "reader",
+        READER_DIR,
         description="Folder of the reader model (reader.onnx and tokenizer.json).",
     )
     corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
@@ -52,16 +62,11 @@ class Settings(BaseSettings):
     candidates: int = 40
     rrf_k: int = 60
     max_answer_sentences: int = 3
-    # Sentences the reader (models/reader, app/qa/read.py) may score and rank per question, the best by the
-    # hybrid rank, of which it reads those scoring at least abstain_threshold; 0 leaves the reader out. The
-    # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions and
-    # the best 16 for 0.936, with the same answers there (models/reader/README.md, "Limits").
+    # Sentences the reader may score per question, the best by the hybrid rank; 0 leaves the reader out. The
+    # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions.
     read_budget: int = 8
-    # Abstain when no sentence that may answer scores this much. It must keep false abstention on the SQuAD
-    # calibration articles within 5 % (`python -m evals.squad --calibrate`); this value does (any up to
-    # 0.434 does), and is the one citeqa has used since before the reader work (README, "Abstention"). The
-    # reader ranks but leaves the scores alone, so this holds with it on or off.
-    abstain_threshold: float = 0.35
+    # Abstain when no sentence that may answer scores this much (fitted: models/reader/params.json).
+    abstain_threshold: float = Field(default_factory=lambda: float(fitted()["abstain_threshold"]))
 
 
 @lru_cache

@@ -62,7 +62,7 @@ def _target(name: str, value: float | None, limit: float, unit: str, background:
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target that this run measured, flagged when other processes disturbed it. With the reader on
-    the latency and throughput targets are the reader's own (README, "The reader"), and the ratio to the
+    the latency and throughput targets are the reader's own (docs/benchmark.md), and the ratio to the
     starter, whose retrieval reads nothing, is reported in the query table but not held to 1.3."""
     out = []
     query, ingest = r.get("query", {}), r.get("ingest", {})

@@ -1,4 +1,5 @@
-"""Fitting the ranking and evidence constants: `python -m evals.squad --fit`. FRAME_PENALTY and
+"""Fitting the ranking and evidence constants: `python -m evals.squad --fit` prints them under the names
+models/reader/params.json gives them, where they are read from. FRAME_PENALTY and
 CHUNK_COVERAGE_WEIGHT on the SQuAD calibration articles' questions; the reader's rank weights on those and
 the natural questions of evals/data/qed-fit.json.
 
@@ -90,7 +91,7 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         "questions": len(groups),
         "score_weight": round(float(w[0]), 4),
         "coverage_weight": round(float(w[1]), 4),
-        "CHUNK_COVERAGE_WEIGHT": round(float(w[1] / w[0]), 2),
+        "chunk_coverage_weight": round(float(w[1] / w[0]), 2),
     }
 
 
@@ -137,18 +138,18 @@ def fit_frame(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     abstention, so it is fitted on the calibration articles alone."""
     raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
     frame = logistic(np.column_stack([raw, x[:, 1]]), y)
-    return {"candidates": len(y), "FRAME_PENALTY": round(float(-frame[1] / frame[0]), 2)}
+    return {"candidates": len(y), "frame_penalty": round(float(-frame[1] / frame[0]), 2)}
 
 
 def fit_rank(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:
-    """The reader's rank (app/qa/read.py RANK_READER_WEIGHT and the rest) on its logit, the score, the unframed
+    """The reader's rank (app/qa/read.py RANK_WEIGHTS) on its logit, the score, the unframed
     flag and the chunk coverage, listwise over each question whose candidates hold a gold answer."""
     ranked = [(x[question == n][:, [2, 0, 1, 3]], y[question == n]) for n in np.unique(question)]
     rank = rank_weights([(z, t) for z, t in ranked if t.any()])
     return {
         "rank_questions": sum(bool(t.any()) for _, t in ranked),
-        "RANK_READER_WEIGHT": round(float(rank[0]), 3),
-        "RANK_HYBRID_WEIGHT": round(float(rank[1]), 3),
-        "RANK_FRAME_WEIGHT": round(float(rank[2]), 3),
-        "RANK_COVERAGE_WEIGHT": round(float(rank[3]), 3),
+        "rank_weights": {
+            name: round(float(w), 3)
+            for name, w in zip(("reader", "hybrid", "frame", "coverage"), rank, strict=True)
+        },
     }

@@ -30,10 +30,8 @@ MANIFEST = "manifest.yaml"
 # 2: the sentence splitter keeps dotted initials and "Capt." inside a sentence.
 PIPELINE_VERSION = "2"
 META_FIELDS = ("title", "publisher", "published", "url", "kind")
-# Neighbours Chroma's HNSW explores per query (its default is 100). Its search is approximate and, at 100, two
-# processes opening the same index returned different tails of the 40 dense candidates for about one query in
-# ten (400 natural questions, 700 chunks), so answers changed between runs; at 400 every run returned the same.
-# At 50k chunks it found 0.94 of the exact 40 nearest against 0.86 at 100, in about the same 2 ms.
+# Neighbours Chroma's HNSW explores per query (default 100): at 100 two processes opening one index could
+# return different dense tails, so answers changed between runs; at 400 they agree, in about the same time.
 HNSW_EF_SEARCH = 400
 
 Progress = Callable[[str, int, int], None]

@@ -44,7 +44,7 @@ def test_listwise_fit_recovers_the_ratio_of_the_weights_that_made_the_labels() -
         y[rng.choice(12, p=p / p.sum())] = 1.0
         groups.append((x, y))
     result = fit(groups)
-    assert result["CHUNK_COVERAGE_WEIGHT"] == pytest.approx(0.5, abs=0.15)
+    assert result["chunk_coverage_weight"] == pytest.approx(0.5, abs=0.15)
     assert result["questions"] == 300
     assert fit(groups) == result  # deterministic
 
@@ -52,7 +52,7 @@ def test_listwise_fit_recovers_the_ratio_of_the_weights_that_made_the_labels() -
 def test_fit_is_wired_to_the_committed_constant() -> None:
     # `python -m evals.squad --fit` prints the constant app/qa/retrieve.py carries; it needs the SQuAD index,
     # so here only the wiring is checked: the printed key names the constant.
-    assert "CHUNK_COVERAGE_WEIGHT" in fit([(np.eye(2), np.array([1.0, 0.0]))] * 3)
+    assert "chunk_coverage_weight" in fit([(np.eye(2), np.array([1.0, 0.0]))] * 3)
     assert 0 < CHUNK_COVERAGE_WEIGHT < 2
 
 
@@ -73,10 +73,11 @@ def test_reader_fit_ranks_listwise_on_answerable_questions_only() -> None:
         question += [number] * 8
     result = fit_rank(np.vstack(rows), np.concatenate(labels), np.array(question))
     assert result["rank_questions"] == 300
-    assert result["RANK_COVERAGE_WEIGHT"] / result["RANK_READER_WEIGHT"] == pytest.approx(1 / 1.5, abs=0.15)
-    assert abs(result["RANK_HYBRID_WEIGHT"]) < 0.3 and abs(result["RANK_FRAME_WEIGHT"]) < 0.3
+    rank = result["rank_weights"]
+    assert rank["coverage"] / rank["reader"] == pytest.approx(1 / 1.5, abs=0.15)
+    assert abs(rank["hybrid"]) < 0.3 and abs(rank["frame"]) < 0.3
     frame = fit_frame(np.vstack(rows), np.concatenate(labels))
-    assert frame["candidates"] == 3200 and "FRAME_PENALTY" in frame
+    assert frame["candidates"] == 3200 and "frame_penalty" in frame
 
 
 # --- metric functions -------------------------------------------------------------------------------

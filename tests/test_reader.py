@@ -458,3 +458,22 @@ def test_training_data_is_recorded_in_the_card():
         assert name in card
     assert str(metrics["pairs"]) in card.replace(",", "")
     assert (ROOT / "Makefile").read_text().count("training.train") == 1
+
+
+def test_fitted_values_are_read_from_the_params_file_beside_the_reader(monkeypatch):
+    from app.qa import read as read_module
+    from app.qa import retrieve as retrieve_module
+    from app.settings import Settings
+
+    params = json.loads((MODEL_DIR / "params.json").read_text(encoding="utf-8"))
+    assert set(params["fitted_by"]) == set(params) - {"fitted_by"}
+    assert read_module.RANK_WEIGHTS == params["rank_weights"]
+    assert retrieve_module.FRAME_PENALTY == params["frame_penalty"]
+    assert retrieve_module.CHUNK_COVERAGE_WEIGHT == params["chunk_coverage_weight"]
+    assert (retrieve_module.DENSE_WEIGHT, retrieve_module.LEXICAL_WEIGHT) == (
+        params["dense_weight"],
+        params["lexical_weight"],
+    )
+    assert Settings().abstain_threshold == params["abstain_threshold"]
+    monkeypatch.setenv("CITEQA_ABSTAIN_THRESHOLD", "0.5")
+    assert Settings().abstain_threshold == 0.5

@@ -50,12 +50,8 @@ IMPOSSIBLE_NEGATIVES = 4
 IMPOSSIBLE_WEIGHT = 2.0
 # COVID-QA contexts are whole papers: negatives come from this many sentences either side of the answer.
 NEAR = 6
-# Negatives mined from citeqa's own retrieval. MINED_FILES and the SQuAD training articles are indexed as
-# corpora, one document per paragraph, and each of their questions is asked of its corpus. Of the candidates
-# the reader may be given (app.qa.read.to_read at the default budget, with no abstention threshold, as the
-# shipped model was trained), the MINED_NEGATIVES best that hold no gold answer's text join the question's
-# negatives: the candidates it must rank below the answer in use, from other paragraphs and articles as
-# no paragraph-bound negative is.
+# Negatives mined from citeqa's own retrieval: MINED_FILES and the SQuAD training articles are indexed, each
+# question asked, and the MINED_NEGATIVES best candidates holding no gold answer (app.qa.read.to_read) join it.
 MINED_FILES = ("squadshifts-new-wiki.json",)
 MINED_NEGATIVES = 3
 # Questions per batch. Each answerable question's pairs are trained together, listwise (a softmax over

@@ -179,10 +179,8 @@ def expected(question: str) -> str | None:
     return None
 
 
-# Words of the question's form rather than its content: they name the kind of answer ("which day of the
-# week", "what body", "which two"), so the answering sentence has no reason to repeat them.
-# A count word is always form; a noun is form only as the head of the wh-phrase, followed by "of", a verb or
-# the end ("what share of", "what body did"), not when it modifies another noun ("what share price").
+# Words of the question's form, not its content ("which day of the week", "what body"): the answer need not
+# repeat them. A noun is form only as the wh-phrase's head ("what share of", not "what share price").
 _FORM_NOUNS = (
     rf"{_DATE_NOUNS}|weeks?|time|percentage|proportion|share|number|amount|body|bodies|organi[sz]ation|group|"
     "institution|kind|type|sort|name"

@@ -19,34 +19,21 @@ import numpy as np
 
 from app.errors import ModelUnavailable
 from app.qa.retrieve import Evidence, Retrieval
+from app.settings import READER_DIR, fitted
 from app.store.embed import ort_session
 from app.store.index import Snapshot
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "reader"
+MODEL_DIR = READER_DIR
 # Question plus title and sentence (see reads), in word pieces, in training (training/train.py) and here; a
 # sentence longer than that is cut, its start kept.
 MAX_TOKENS = 96
-# The reader decides which sentence answers; whether any does stays with the hybrid score and the one
-# abstention threshold (app/settings.py): on the SQuAD calibration articles a fitted evidence score of the
-# reader's logit and the hybrid features abstained less than the hybrid score at the same false abstention
-# (README, "The reader"). The rank is a listwise logistic regression (each answerable question's
-# candidates, the answer sentences the target) of the reader's logit, the hybrid score, whether the
-# question's names leave the sentence unframed, and its chunk's coverage of the question, fitted on the
-# SQuAD calibration articles' questions and on natural questions of QED training articles none of whose
-# questions the reader trains on and which share no article with the benchmarks (`python -m evals.squad
-# --fit`, evals/data/qed-fit.json): fitted on SQuAD's alone, whose questions share their paragraph's words,
-# it leant on the hybrid score and gained nothing end to end.
-RANK_READER_WEIGHT = 0.707
-RANK_HYBRID_WEIGHT = 2.318
-RANK_FRAME_WEIGHT = 0.134
-RANK_COVERAGE_WEIGHT = 7.237
+# The rank of a read sentence: a linear blend of the reader's logit, the hybrid score, whether the question's
+# names leave it unframed, and its chunk's coverage of the question (fitted: models/reader/params.json).
+RANK_WEIGHTS = fitted()["rank_weights"]
 # Words of a document's title the reader reads before each of its sentences (see reads).
 TITLE_WORDS = 6
-# Sessions a call that finds the reader idle spreads its pairs over, each on a thread of its own (Lanes).
-# On this 2-core machine 8 pairs took 38.7 ms over two such sessions against about 62 ms on one session with
-# two intra-op threads. A second core taken by every call (measured with intra-op threads) cost 8 concurrent
-# clients about 13 % of their throughput, so a call that overlaps another runs on one (README, "The
-# reader", Threads).
+# Sessions a call that finds the reader idle spreads its pairs over, one thread each (Lanes): two cut 8 pairs
+# from about 62 ms to 38.7 ms here, and an overlapping call takes one, so concurrent clients keep throughput.
 IDLE_LANES = 2
 
 
@@ -96,8 +83,7 @@ class Reader:
         Each pair runs alone: the int8 graph quantises its activations over the whole batch, so batched
         with others (and their padding) a pair's logit moved by up to 0.4, and a sentence's rank depended on
         which others were read with it. For the one or two pairs a question has above the abstention threshold
-        (see read) it costs what groups did; 8, spread over two sessions, cost about a quarter less (README,
-        "The reader")."""
+        (see read) it costs what groups did; 8, spread over two sessions, cost about a quarter less."""
         # A pair given twice (one sentence in two documents whose titles start alike) is run once.
         slot: dict[tuple[str, str], int] = {}
         where = [slot.setdefault(pair, len(slot)) for pair in pairs]
@@ -195,7 +181,7 @@ def scored(
 
 def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: int, floor: float) -> None:
     """Score the sentences `to_read` picks from each retrieval (a coordinated question's parts are read
-    together) and put them first, ranked by the reader (see RANK_READER_WEIGHT); the others follow in the
+    together) and put them first, ranked by the reader (see RANK_WEIGHTS); the others follow in the
     hybrid rank. Every score stays as retrieval gave it, so a sentence the reader did not see may still join
     an answer as support or be shown as closest material.
 
@@ -207,10 +193,10 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
     for found, pool in zip(founds, pools, strict=True):
         for ev, _, logit in pool:
             ev.rank = float(
-                RANK_READER_WEIGHT * logit
-                + RANK_HYBRID_WEIGHT * ev.score
-                + RANK_FRAME_WEIGHT * (not ev.framed)
-                + RANK_COVERAGE_WEIGHT * ev.coverage
+                RANK_WEIGHTS["reader"] * logit
+                + RANK_WEIGHTS["hybrid"] * ev.score
+                + RANK_WEIGHTS["frame"] * (not ev.framed)
+                + RANK_WEIGHTS["coverage"] * ev.coverage
             )
         read_rows = {ev.row for ev, _, _ in pool}
         found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [

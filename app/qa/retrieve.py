@@ -11,23 +11,19 @@ from functools import lru_cache
 import numpy as np
 
 from app.qa.expect import NUMBER, counted_nouns, counts, expected, form_words, offers
-from app.settings import Settings
+from app.settings import Settings, fitted
 from app.store.embed import Embedder
 from app.store.index import Snapshot
 from app.store.split import terms
 
-# Sentence score = dense similarity and lexical coverage, blended; weights tuned on the SQuAD split
-# (evals/squad.py), never on the seed corpus's own questions.
-DENSE_WEIGHT = 0.55
-LEXICAL_WEIGHT = 0.45
+# Sentence score = dense similarity and lexical coverage, blended (fitted: models/reader/params.json).
+DENSE_WEIGHT = fitted()["dense_weight"]
+LEXICAL_WEIGHT = fitted()["lexical_weight"]
 # How much a sentence borrows from its chunk's fused rank: context for sentences like "It said ...".
 CONTEXT_WEIGHT = 0.15
-# Sentences are ranked by their score plus this share of their chunk's IDF-weighted coverage of the query
-# terms: a paragraph that holds every word of the question often states the answer in a sentence that
-# shares few of them. Fitted, relative to the score, by a listwise logistic regression on the SQuAD
-# calibration sample (`python -m evals.squad --fit`; label: the sentence contains a gold answer). The
-# score alone, the sentence's own evidence, still decides abstention and which further sentences join.
-CHUNK_COVERAGE_WEIGHT = 0.91
+# Sentences rank by their score plus this share of their chunk's IDF-weighted coverage of the query terms: a
+# paragraph holding every word of the question often states the answer in a sentence sharing few (fitted).
+CHUNK_COVERAGE_WEIGHT = fitted()["chunk_coverage_weight"]
 # A chunk ranks by its best sentence plus its own dense and (max-normalised) BM25 scores.
 CHUNK_DENSE_WEIGHT = 0.2
 CHUNK_LEXICAL_WEIGHT = 0.1
@@ -35,12 +31,8 @@ CHUNK_LEXICAL_WEIGHT = 0.1
 # answers, and its score drops by this much, so that its passage ranks lower in /retrieve too.
 TYPE_PENALTY = 0.15
 # A sentence that some name or figure of the question does not frame (a rating of another council) seldom
-# answers, but a paraphrased name misses the frame too ("the 1700s" for "the early 18th century", "Swiss"
-# for "Switzerland"), so such a sentence is demoted by this much rather than set aside. The demoted score
-# decides abstention too, so the penalty is fitted, relative to the score, by a logistic regression over
-# every candidate of the SQuAD calibration articles' questions, unanswerable ones included
-# (`python -m evals.squad --fit`).
-FRAME_PENALTY = 0.30
+# answers, but a paraphrase misses the frame too ("Swiss" for "Switzerland"): demoted, not set aside (fitted).
+FRAME_PENALTY = fitted()["frame_penalty"]
 # Only the best sentences are checked for the expected kind: the regexes cost more than the dot products.
 TYPED_SENTENCES = 40
 # Words a follow-up borrows from the conversation count for less than its own words, as expansion terms
