@@ -467,13 +467,14 @@ def test_fitted_values_are_read_from_the_params_file_beside_the_reader(monkeypat
 
     params = json.loads((MODEL_DIR / "params.json").read_text(encoding="utf-8"))
     assert set(params["fitted_by"]) == set(params) - {"fitted_by"}
-    assert read_module.RANK_WEIGHTS == params["rank_weights"]
-    assert retrieve_module.FRAME_PENALTY == params["frame_penalty"]
-    assert retrieve_module.CHUNK_COVERAGE_WEIGHT == params["chunk_coverage_weight"]
-    assert (retrieve_module.DENSE_WEIGHT, retrieve_module.LEXICAL_WEIGHT) == (
-        params["dense_weight"],
-        params["lexical_weight"],
-    )
-    assert Settings().abstain_threshold == params["abstain_threshold"]
+    loaded = {
+        "rank_weights": read_module.RANK_WEIGHTS,
+        "frame_penalty": retrieve_module.FRAME_PENALTY,
+        "chunk_coverage_weight": retrieve_module.CHUNK_COVERAGE_WEIGHT,
+        "dense_weight": retrieve_module.DENSE_WEIGHT,
+        "lexical_weight": retrieve_module.LEXICAL_WEIGHT,
+        "abstain_threshold": Settings().abstain_threshold,
+    }
+    assert loaded == {name: params[name] for name in loaded}
     monkeypatch.setenv("CITEQA_ABSTAIN_THRESHOLD", "0.5")
     assert Settings().abstain_threshold == 0.5
