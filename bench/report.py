@@ -177,7 +177,7 @@ def _get(entry: dict[str, Any], path: str) -> Any:
 
 
 def render(r: dict[str, Any]) -> str:
-    """The run as markdown tables (readable in a terminal, pasteable into docs/bench.md)."""
+    """The run as markdown tables (readable in a terminal, pasteable into docs/benchmark.md)."""
     load = r["load_avg"]
     parts = [
         f"machine: {describe(r['machine'])}",

@@ -1,7 +1,7 @@
 """The SQuAD benchmark: each paragraph of the vendored split is a document; retrieval and answers are scored.
 
 Run: `python -m evals.squad` (after `make install`). Prints the table and writes evals/reports/squad.json.
-The questions come from the evaluation articles only (training/train.py splits the articles by use).
+The questions come from the evaluation articles only (evals/split.py splits the articles by use).
 `--natural` runs the natural-question benchmark instead: QED dev's search-engine questions, half of its
 articles indexed, so the other half's questions are off-corpus ones that should abstain (see `natural`).
 `--calibrate` instead sweeps the abstention threshold on a disjoint calibration sample; `--fit` fits the
