@@ -13,6 +13,18 @@ class BadInput(CiteqaError):
     status = 422
 
 
+class TooLarge(CiteqaError):
+    """Something sent is over a size limit."""
+
+    status = 413
+
+
+class UnsupportedType(CiteqaError):
+    """A file of a type citeqa does not read."""
+
+    status = 415
+
+
 class NotFound(CiteqaError):
     """A named thing does not exist."""
 

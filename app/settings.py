@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_history_turns: int = 20
     max_body_bytes: int = 64 * 1024
     max_file_bytes: int = 20 * 1024 * 1024
+    # POST /documents: files per request, and the whole multipart body.
+    max_upload_files: int = 10
+    max_upload_bytes: int = 50 * 1024 * 1024
     # A briefing carries whole answers (a few KiB each with their quotes), so its route has its own body limit.
     max_briefing_items: int = 50
     max_briefing_title_chars: int = 200

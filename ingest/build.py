@@ -54,7 +54,8 @@ def doc_id_for(rel: str) -> str:
 
 
 def read_manifest(root: Path, skipped: list[Skipped] | None = None) -> dict[str, dict[str, str]]:
-    """Per-file metadata from the `documents` map of corpus/manifest.yaml; a broken manifest is reported."""
+    """Per-file metadata from the `documents` map of a folder's manifest.yaml, keyed by path inside the
+    folder; a broken manifest is reported."""
     try:
         data = _manifest(root)
         documents = data.get("documents") or {}
@@ -93,17 +94,25 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 
 def scan(root: Path, settings: Settings, skipped: list[Skipped]) -> list[Source]:
-    """Every supported file under root; everything else is listed in `skipped` with a reason."""
+    """Every supported file under root; everything else is listed in `skipped` with a reason. A folder's
+    manifest.yaml describes the files below it; the root's wins where both name one."""
     root = root.resolve()
-    manifest = read_manifest(root, skipped)
+    manifest: dict[str, dict[str, str]] = {}
     sources: list[Source] = []
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(folder).relative_to(root).as_posix()
+        if MANIFEST in files and here != ".":
+            found: list[Skipped] = []
+            manifest.update(
+                {f"{here}/{name}": meta for name, meta in read_manifest(Path(folder), found).items()}
+            )
+            skipped.extend(Skipped(path=f"{here}/{s.path}", reason=s.reason) for s in found)
         for name in sorted(files):
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
-            if name.startswith(".") or rel == MANIFEST:
+            if name.startswith(".") or name == MANIFEST:
                 continue
             reason = _unusable(root, path, settings)
             if reason:
@@ -114,7 +123,10 @@ def scan(root: Path, settings: Settings, skipped: list[Skipped]) -> list[Source]
             while doc_id in seen:
                 doc_id, n = f"{base}-{n}", n + 1
             seen.add(doc_id)
-            sources.append(Source(doc_id, rel, path, manifest.get(rel, {})))
+            sources.append(Source(doc_id, rel, path, {}))
+    manifest.update(read_manifest(root, skipped))
+    for source in sources:
+        source.meta = manifest.get(source.rel, {})
     return sources
 
 
@@ -205,49 +217,61 @@ def ingest(
         raise BadInput(f"corpus folder {corpus} does not exist")
     store = Store(settings)
     with store.lock():
-        previous = _previous(store, rebuild)
-        summary = IngestSummary()
-        sources = scan(corpus, settings, summary.skipped)
-        old_docs = previous.docs if previous else {}
-        documents: list[Document] = []
-        for source in sources:
-            try:
-                data = source.path.read_bytes()
-            except OSError as exc:
-                summary.skipped.append(Skipped(path=source.rel, reason=f"cannot read: {exc.strerror}"))
-                _keep_old(old_docs, source, documents)
-                continue
-            content_hash = _hash(data, source.meta)
-            old = old_docs.get(source.doc_id)
-            if old is not None and old.hash == content_hash:
-                documents.append(old)
-                summary.unchanged += 1
-                continue
-            try:
-                documents.append(build_document(source, data, content_hash))
-            except BadInput as exc:
-                summary.skipped.append(Skipped(path=source.rel, reason=str(exc)))
-                _keep_old(old_docs, source, documents)
-                continue
-            if old is None:
-                summary.added += 1
-            else:
-                summary.updated += 1
-        kept = {d.doc_id for d in documents}
-        summary.removed = sum(1 for doc_id in old_docs if doc_id not in kept)
-        if previous is not None and not (summary.added or summary.updated or summary.removed):
-            return summary
-        vectors, summary.chunks_embedded = _vectors(documents, previous, embedder, progress)
-        generation = store.new_generation()
+        return ingest_locked(store, corpus, embedder, rebuild, progress)
+
+
+def ingest_locked(
+    store: Store,
+    corpus: Path,
+    embedder: Embedder,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """`ingest` for a caller that already holds the store's lock (one that changed the corpus under it)."""
+    settings = store.settings
+    previous = _previous(store, rebuild)
+    summary = IngestSummary()
+    sources = scan(corpus, settings, summary.skipped)
+    old_docs = previous.docs if previous else {}
+    documents: list[Document] = []
+    for source in sources:
         try:
-            _write(settings, generation, documents, vectors, progress)
-        except BaseException:
-            shutil.rmtree(generation, ignore_errors=True)
-            store.drop_collection(generation)
-            raise
-        store.publish(generation)
-        store.prune()
+            data = source.path.read_bytes()
+        except OSError as exc:
+            summary.skipped.append(Skipped(path=source.rel, reason=f"cannot read: {exc.strerror}"))
+            _keep_old(old_docs, source, documents)
+            continue
+        content_hash = _hash(data, source.meta)
+        old = old_docs.get(source.doc_id)
+        if old is not None and old.hash == content_hash:
+            documents.append(old)
+            summary.unchanged += 1
+            continue
+        try:
+            documents.append(build_document(source, data, content_hash))
+        except BadInput as exc:
+            summary.skipped.append(Skipped(path=source.rel, reason=str(exc)))
+            _keep_old(old_docs, source, documents)
+            continue
+        if old is None:
+            summary.added += 1
+        else:
+            summary.updated += 1
+    kept = {d.doc_id for d in documents}
+    summary.removed = sum(1 for doc_id in old_docs if doc_id not in kept)
+    if previous is not None and not (summary.added or summary.updated or summary.removed):
         return summary
+    vectors, summary.chunks_embedded = _vectors(documents, previous, embedder, progress)
+    generation = store.new_generation()
+    try:
+        _write(settings, generation, documents, vectors, progress)
+    except BaseException:
+        shutil.rmtree(generation, ignore_errors=True)
+        store.drop_collection(generation)
+        raise
+    store.publish(generation)
+    store.prune()
+    return summary
 
 
 def _keep_old(old_docs: dict[str, Document], source: Source, documents: list[Document]) -> None:

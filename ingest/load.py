@@ -2,11 +2,14 @@
 
 import io
 import re
+import zipfile
 from pathlib import Path
 
 from app.errors import BadInput
 
 SUPPORTED = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
+# A .docx is a zip; one whose parts would expand past this is refused before python-docx inflates them.
+DOCX_EXPANDED_LIMIT = 100 * 1024 * 1024
 # Markup that is never document text, whatever the format.
 _SCRIPT = re.compile(r"<(script|style|noscript|iframe|template)\b.*?</\1\s*>", re.I | re.S)
 _TAG = re.compile(r"</?[a-zA-Z!][^<>]*>")
@@ -65,7 +68,11 @@ def pdf_to_text(data: bytes) -> str:
 
     try:
         reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise BadInput("encrypted PDF: remove its password and try again")
         return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except BadInput:
+        raise
     except Exception as exc:  # pypdf raises many types for damaged files
         raise BadInput(f"unreadable PDF ({type(exc).__name__})") from exc
 
@@ -74,6 +81,13 @@ def docx_to_text(data: bytes) -> str:
     """Text of every paragraph of a Word document."""
     import docx
 
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise BadInput("unreadable DOCX (not a zip archive)") from exc
+    if expanded > DOCX_EXPANDED_LIMIT:
+        raise BadInput(f"DOCX expands to {expanded:,} bytes, over the {DOCX_EXPANDED_LIMIT:,}-byte limit")
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as exc:  # python-docx raises zip, xml and value errors for damaged files

@@ -1,5 +1,6 @@
 """Fuzzing: schemathesis against the app's own OpenAPI schema, and property tests of cleaning, offsets and citations."""
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,26 @@ OPERATIONS = [
     ("GET", "/documents/{doc_id}"),
     ("POST", "/briefing"),
     ("POST", "/ingest"),
+    ("POST", "/documents"),
+    ("DELETE", "/documents/{doc_id}"),
 ]
 
 
 @pytest.fixture(scope="module")
-def api_schema(seed_settings: Settings) -> Any:
-    """The schema served by the app itself; the ASGI client starts the lifespan (model and index) once."""
-    settings = seed_settings.model_copy(update={"admin_token": "fuzz-admin-token", "cors_origins": []})
+def api_schema(seed_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The schema served by the app itself; the ASGI client starts the lifespan (model and index) once. On
+    copies of the index and corpus: the writing operations are fuzzed too."""
+    copy = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(seed_settings.home, copy / "home")
+    shutil.copytree(seed_settings.corpus, copy / "corpus")
+    settings = seed_settings.model_copy(
+        update={
+            "admin_token": "fuzz-admin-token",
+            "cors_origins": [],
+            "home": copy / "home",
+            "corpus": copy / "corpus",
+        }
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(settings), config=CONFIG)
 
 

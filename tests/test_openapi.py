@@ -34,10 +34,12 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 def test_schemathesis_with_every_check_finds_no_failure(
     seed_settings: Settings, tmp_path: Path, token: str
 ) -> None:
-    # A copy of the index: with a token, schemathesis's own POST /ingest calls write generations into it.
-    home = tmp_path / "home"
+    # Copies of the index and the corpus: schemathesis's own POST /ingest, POST /documents and DELETE
+    # /documents calls write generations and add or remove files.
+    home, corpus = tmp_path / "home", tmp_path / "corpus"
     shutil.copytree(seed_settings.home, home)
-    proc, base = serve(home, seed_settings.corpus, tmp_path / "server.log", {"CITEQA_ADMIN_TOKEN": token})
+    shutil.copytree(seed_settings.corpus, corpus)
+    proc, base = serve(home, corpus, tmp_path / "server.log", {"CITEQA_ADMIN_TOKEN": token})
     try:
         spec = httpx.get(f"{base}/openapi.json", timeout=30).json()
         operations = sum(1 for item in spec["paths"].values() for method in item if method in METHODS)
@@ -56,8 +58,9 @@ def test_schemathesis_with_every_check_finds_no_failure(
     assert f"Tested: {operations}" in run.stdout, report
 
 
-def test_only_the_briefing_may_answer_valid_data_with_422(tmp_path: Path) -> None:
-    # The one exception in schemathesis.toml (made-up answers in a schema-valid briefing) stays that narrow.
+def test_only_the_briefing_and_uploads_may_answer_valid_data_with_422(tmp_path: Path) -> None:
+    # The two exceptions in schemathesis.toml (made-up answers in a schema-valid briefing; unreadable bytes in
+    # a schema-valid upload) stay that narrow.
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json",
         create_app(make_settings(tmp_path / "home")),
@@ -71,7 +74,7 @@ def test_only_the_briefing_may_answer_valid_data_with_422(tmp_path: Path) -> Non
             in schema.config.checks_config_for(operation=operation).positive_data_acceptance.expected_statuses
         ):
             allowing.add((operation.method.upper(), operation.path))
-    assert allowing == {("POST", "/briefing")}
+    assert allowing == {("POST", "/briefing"), ("POST", "/documents")}
 
 
 # --- what the schema states, for settings other than the defaults --------------------------------------------

@@ -1,6 +1,5 @@
 """The HTTP API (/health, /ask, /retrieve, /documents, /briefing, /ingest) with the Gradio UI mounted at /ui."""
 
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any
@@ -10,10 +9,11 @@ from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.briefing.brief import assemble
@@ -36,13 +36,22 @@ from app.schemas import (
     briefing_request_model,
 )
 from app.settings import Settings, get_settings
-from app.store.embed import Embedder, get_embedder
-from app.store.index import Document, Live, Snapshot
+from app.store.embed import get_embedder
+from app.store.index import Document, Live
+from app.web.deps import (
+    GENERATION_HEADER,
+    EmbedderDep,
+    LiveDep,
+    SettingsDep,
+    SnapshotDep,
+    bearer,
+    check_token,
+    stamp,
+)
+from app.web.documents import document_routes
 
 UI_PATH = "/ui"
 NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
-# Names the generation a response was computed from, so a caller can check quotes against that very text.
-GENERATION_HEADER = "X-Citeqa-Generation"
 # Gradio routes that store a caller's files on the server; the UI has no file inputs, so none is needed.
 _UPLOAD_PATHS = {f"{UI_PATH}/gradio_api/upload", f"{UI_PATH}/upload"}
 
@@ -184,37 +193,6 @@ class DocsFromHere:
         await self.app(scope, receive, with_policy)
 
 
-# Accessors of app state are `async`: FastAPI runs a sync dependency in the thread pool, a hop per
-# dependency per request for what is only an attribute read.
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-async def _live(request: Request) -> Live:
-    return request.app.state.live
-
-
-async def _embedder(request: Request) -> Embedder:
-    return request.app.state.embedder
-
-
-def _snapshot(live: Annotated[Live, Depends(_live)]) -> Snapshot:
-    return live.get()
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-LiveDep = Annotated[Live, Depends(_live)]
-EmbedderDep = Annotated[Embedder, Depends(_embedder)]
-SnapshotDep = Annotated[Snapshot, Depends(_snapshot)]
-_bearer = HTTPBearer(auto_error=False, description="The server's CITEQA_ADMIN_TOKEN.")
-
-
-def _stamp(response: Response, snapshot: Snapshot) -> Snapshot:
-    """Name the snapshot's generation in the response, and hand the snapshot on."""
-    response.headers[GENERATION_HEADER] = snapshot.generation.name
-    return snapshot
-
-
 def _check_limits(question: str, top_k: int | None, history_len: int, settings: Settings) -> str:
     """Every input limit, checked before the index is touched so bad input never waits on a model."""
     question = validate_question(question, settings)
@@ -255,7 +233,7 @@ def _routes(app: FastAPI) -> None:
     @app.get("/health", response_model=Health, tags=["status"], responses={200: _STAMPED, 503: _ERRORS[503]})
     def health(snapshot: SnapshotDep, response: Response) -> Health:
         """Whether an index is loaded (and its vector store answers), and how big it is."""
-        _stamp(response, snapshot)
+        stamp(response, snapshot)
         snapshot.check()
         return Health(status="ok", documents=len(snapshot.docs), chunks=snapshot.n_chunks)
 
@@ -269,7 +247,7 @@ def _routes(app: FastAPI) -> None:
     ) -> Answer:
         """Answer a question with `[n]` markers, each backed by a verbatim quote from a document."""
         question = _check_limits(body.question, body.top_k, len(body.history), settings)
-        snapshot = _stamp(response, live.get())
+        snapshot = stamp(response, live.get())
         return ask(snapshot, embedder, question, settings, history=body.history, top_k=body.top_k)
 
     @app.post("/retrieve", response_model=RetrieveResponse, tags=["answers"], responses=_ERRORS)
@@ -282,7 +260,7 @@ def _routes(app: FastAPI) -> None:
     ) -> RetrieveResponse:
         """The best passages for a question, best first, without composing an answer."""
         question = _check_limits(body.question, body.top_k, 0, settings)
-        snapshot = _stamp(response, live.get())
+        snapshot = stamp(response, live.get())
         return RetrieveResponse(passages=passages(snapshot, embedder, question, settings, body.top_k))
 
     @app.get(
@@ -293,7 +271,7 @@ def _routes(app: FastAPI) -> None:
     )
     def documents(snapshot: SnapshotDep, response: Response) -> list[DocumentInfo]:
         """Every indexed document's metadata."""
-        _stamp(response, snapshot)
+        stamp(response, snapshot)
         return [DocumentInfo(**_info(doc)) for doc in snapshot.doc_list]
 
     @app.get(
@@ -304,7 +282,7 @@ def _routes(app: FastAPI) -> None:
     )
     def document(doc_id: str, snapshot: SnapshotDep, response: Response) -> DocumentDetail:
         """A document's cleaned text (what citation offsets index into) and what cleaning removed."""
-        _stamp(response, snapshot)
+        stamp(response, snapshot)
         # A lookup in the index, never a filesystem path: ids like `../../etc/passwd` simply do not exist.
         doc = snapshot.docs.get(doc_id)
         if doc is None:
@@ -331,7 +309,7 @@ def _routes(app: FastAPI) -> None:
         settings: SettingsDep,
         live: LiveDep,
         embedder: EmbedderDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         response: Response,
     ) -> IngestSummary:
         """Bring the index in line with the server's corpus folder; answers switch to it once published."""
@@ -339,14 +317,9 @@ def _routes(app: FastAPI) -> None:
 
         if not settings.admin_token:
             raise NotFound("ingest over HTTP is disabled on this server (CITEQA_ADMIN_TOKEN is not set)")
-        if credentials is None:
-            raise HTTPException(
-                401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
-            )
-        if not hmac.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
-            raise HTTPException(403, "the bearer token is wrong")
+        check_token(credentials, settings.admin_token)
         summary = ingest(settings.corpus, settings, embedder)
-        _stamp(response, live.get())  # the generation now live, opened before the next request needs it
+        stamp(response, live.get())  # the generation now live, opened before the next request needs it
         return summary
 
 
@@ -398,9 +371,29 @@ def _state_the_limits(app: FastAPI, settings: Settings) -> None:
             for status in ("401", "403", "409"):
                 del ingest["responses"][status]
             ingest["description"] += " Disabled on this server (CITEQA_ADMIN_TOKEN is not set): 404."
+            # Documents are changed without a token here, from this machine only (app/web/deps.py, may_write).
+            for operation in (
+                schema["paths"]["/documents"]["post"],
+                schema["paths"]["/documents/{doc_id}"]["delete"],
+            ):
+                operation.pop("security", None)
+                del operation["responses"]["401"]
+                operation["description"] += (
+                    " No CITEQA_ADMIN_TOKEN is set on this server: only clients on this machine may call it (403)."
+                )
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _methods(request: Request) -> set[str]:
+    """Every method some route serves at the request's path."""
+    return {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+        for method in route.methods or ()
+    }
 
 
 def _handlers(app: FastAPI) -> None:
@@ -427,7 +420,11 @@ def _handlers(app: FastAPI) -> None:
         detail: Any = exc.detail
         if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
             detail = "request body is not valid UTF-8 JSON"
-        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path served by two routes has both.
+            headers["Allow"] = ", ".join(sorted(_methods(request)))
+        return JSONResponse({"detail": detail}, exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -529,7 +526,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,
-        routes={"/briefing": max(settings.max_body_bytes, settings.max_briefing_body_bytes)},
+        routes={
+            "/briefing": max(settings.max_body_bytes, settings.max_briefing_body_bytes),
+            "/documents": max(settings.max_body_bytes, settings.max_upload_bytes),
+        },
     )
     app.add_middleware(NoUploads)
     app.add_middleware(DocsFromHere)
@@ -542,6 +542,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     _handlers(app)
     _routes(app)
+    document_routes(app, settings)
     _briefing_route(app)
     _state_the_limits(app, settings)
 
