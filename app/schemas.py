@@ -44,7 +44,8 @@ class Citation(BaseModel):
 class Answer(BaseModel):
     """An answer whose every `[n]` marker refers to `citations[n-1]`."""
 
-    answer: str
+    # Never empty: an abstention says so in words. POST /briefing refuses an empty one, and the schema says so.
+    answer: str = Field(min_length=1, pattern=NOT_BLANK)
     abstained: bool
     citations: list[Citation]
     query: str

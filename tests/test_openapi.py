@@ -100,6 +100,14 @@ def test_the_schema_states_the_limits_this_server_enforces(tmp_path: Path) -> No
     stated = {"type": "string", "minLength": 1, "maxLength": 123, "pattern": NOT_BLANK}
     assert stated.items() <= models["BriefingItem"]["properties"]["question"].items()
     assert models["BriefingRequest"]["properties"]["title"]["pattern"] == NOT_BLANK
+    # An item's answer that POST /briefing would refuse as empty is outside the schema too.
+    answer = models["Answer-Input"] if "Answer-Input" in models else models["Answer"]
+    assert {"minLength": 1, "pattern": NOT_BLANK}.items() <= answer["properties"]["answer"].items()
+    # Every body route states its 413, and the upload route its file limits.
+    for path in ("/ask", "/retrieve", "/briefing", "/documents"):
+        assert "413" in schema["paths"][path]["post"]["responses"], path
+    files = models["Body_add_documents_documents_post"]["properties"]["files"]
+    assert (files["minItems"], files["maxItems"]) == (1, 10)
 
     settings = make_settings(tmp_path / "home", max_question_chars=123)
     validate_question("x" * 123, settings)
