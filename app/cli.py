@@ -201,7 +201,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="evals/reports")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics JSON here")
     p.add_argument("--url", default=None, help="evaluate a running server instead of in-process")
-    p.add_argument("--baseline", default="evals/baseline.json")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="default: evals/baseline.json for evals/questions.yaml, else FILE.baseline.json beside --questions",
+    )
     p.add_argument("--corpus", default=None, help="corpus folder to index (default: CITEQA_CORPUS)")
     p.add_argument("--update-baseline", action="store_true", help="rewrite --baseline from this run")
     p.add_argument(

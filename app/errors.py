@@ -43,6 +43,12 @@ class IndexDamaged(CiteqaError):
     status = 503
 
 
+class Duplicate(CiteqaError):
+    """What is to be added is there already."""
+
+    status = 409
+
+
 class IngestBusy(CiteqaError):
     """Another ingest holds the lock."""
 

@@ -72,6 +72,46 @@ class AskRequest(BaseModel):
     history: list[Message] = Field(default_factory=list)
 
 
+Tag = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")]
+
+
+class AnsweringSentence(BaseModel):
+    """The sentence of a document that answers a question, in the document's own words."""
+
+    doc_id: str = Field(
+        min_length=1, max_length=300, examples=["ofsted-focused-visit-letter-wakefield-2018-03-22.md"]
+    )
+    sentence: str = Field(
+        min_length=1,
+        max_length=2000,
+        pattern=NOT_BLANK,
+        examples=[
+            "This letter summarises the findings of a focused visit to Wakefield Council on 27 and 28 February 2018."
+        ],
+    )
+
+
+class RecordRequest(BaseModel):
+    """Body of POST /questions: a question and the sentence that answers it, or none for a question the
+    documents do not answer; appended to the question set that grows from use."""
+
+    question: str = Field(examples=["When did the focused visit take place?"])
+    answered_by: AnsweringSentence | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=10, examples=[["wakefield"]])
+    history: list[Message] = Field(default_factory=list)
+
+
+class Recorded(BaseModel):
+    """A question as it was added to the question file."""
+
+    id: str
+    questions_file: str
+    unanswerable: bool
+    evidence: str = Field(
+        description="The regex some citation's quote must match; empty for an unanswerable question."
+    )
+
+
 class RetrieveRequest(BaseModel):
     """Body of POST /retrieve."""
 

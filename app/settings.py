@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         description="Folder of the reader model (reader.onnx and tokenizer.json).",
     )
     corpus: Path = Field(Path("corpus"), description="Folder ingested by default.")
+    questions_file: Path = Field(
+        Path("evals/recorded.yaml"),
+        description='Question file that POST /questions (the UI\'s "Add to question set") appends to.',
+    )
     admin_token: str = Field("", description="Bearer token that enables POST /ingest; empty disables it.")
     chroma_url: str = Field(
         "", description="http(s)://host:port of a Chroma server; empty uses the embedded store."

@@ -23,6 +23,9 @@ from evals import metrics, report, squad
 
 # Passages scored for hit@k and MRR: enough to see a relevant one ranked just out of the answer's reach.
 RETRIEVE_K = 10
+# The shipped question set and its baseline.
+SHIPPED_QUESTIONS = Path(__file__).resolve().parent / "questions.yaml"
+SHIPPED_BASELINE = SHIPPED_QUESTIONS.with_name("baseline.json")
 # Seconds before a remote call counts as failed; the first /ask of a cold server can be slow.
 HTTP_TIMEOUT = 120.0
 
@@ -293,6 +296,16 @@ def evaluate(
     return results
 
 
+def baseline_of(questions: Path, given: str | None) -> Path:
+    """The baseline for a question file: the one given, the shipped one for the shipped set, else the
+    file's own beside it (recorded.yaml: recorded.baseline.json)."""
+    if given is not None:
+        return Path(given)
+    if questions.resolve() == SHIPPED_QUESTIONS.resolve():
+        return SHIPPED_BASELINE
+    return questions.with_name(questions.stem + ".baseline.json")
+
+
 def load_baseline(path: Path) -> tuple[dict[str, Any], dict[str, float | None]]:
     """The baseline metrics and tolerances; a bare number as `tolerance` applies to every gated metric."""
     try:
@@ -346,11 +359,14 @@ def _progress(done: int, total: int) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the eval for `citeqa eval`; 1 when a gate fails, 0 otherwise."""
     questions = load_questions(Path(args.questions))
-    baseline_path = Path(args.baseline)
+    baseline_path = baseline_of(Path(args.questions), args.baseline)
     update = bool(getattr(args, "update_baseline", False))
     previous: dict[str, Any] | None = None
     tolerance = metrics.DEFAULT_TOLERANCE
-    if not update or baseline_path.exists():
+    # A question file of one's own (grown from use) has no baseline until one is made on purpose: it is
+    # gated on invalid citations and errors only, and the report shows each question.
+    own = Path(args.questions).resolve() != SHIPPED_QUESTIONS.resolve() and args.baseline is None
+    if baseline_path.exists() or not (update or own):
         previous, tolerance = load_baseline(baseline_path)
     prior = previous or {}
     # The benchmarks asked for (keys of metrics.BENCHMARKS), each with the data it reads and what runs it.

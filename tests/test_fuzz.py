@@ -71,6 +71,7 @@ OPERATIONS = [
     ("POST", "/ingest"),
     ("POST", "/documents"),
     ("DELETE", "/documents/{doc_id}"),
+    ("POST", "/questions"),
 ]
 
 
@@ -87,6 +88,7 @@ def api_schema(seed_settings: Settings, tmp_path_factory: pytest.TempPathFactory
             "cors_origins": [],
             "home": copy / "home",
             "corpus": copy / "corpus",
+            "questions_file": copy / "recorded.yaml",
         }
     )
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(settings), config=CONFIG)

@@ -34,12 +34,13 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 def test_schemathesis_with_every_check_finds_no_failure(
     seed_settings: Settings, tmp_path: Path, token: str
 ) -> None:
-    # Copies of the index and the corpus: schemathesis's own POST /ingest, POST /documents and DELETE
-    # /documents calls write generations and add or remove files.
+    # Copies of the index and the corpus, and a question file of its own: schemathesis's own POST /ingest,
+    # POST /documents, DELETE /documents and POST /questions calls write generations and files.
     home, corpus = tmp_path / "home", tmp_path / "corpus"
     shutil.copytree(seed_settings.home, home)
     shutil.copytree(seed_settings.corpus, corpus)
-    proc, base = serve(home, corpus, tmp_path / "server.log", {"CITEQA_ADMIN_TOKEN": token})
+    env = {"CITEQA_ADMIN_TOKEN": token, "CITEQA_QUESTIONS_FILE": str(tmp_path / "recorded.yaml")}
+    proc, base = serve(home, corpus, tmp_path / "server.log", env)
     try:
         spec = httpx.get(f"{base}/openapi.json", timeout=30).json()
         operations = sum(1 for item in spec["paths"].values() for method in item if method in METHODS)
@@ -58,9 +59,9 @@ def test_schemathesis_with_every_check_finds_no_failure(
     assert f"Tested: {operations}" in run.stdout, report
 
 
-def test_only_the_briefing_and_uploads_may_answer_valid_data_with_422(tmp_path: Path) -> None:
-    # The two exceptions in schemathesis.toml (made-up answers in a schema-valid briefing; unreadable bytes in
-    # a schema-valid upload) stay that narrow.
+def test_only_briefings_uploads_and_recorded_questions_may_answer_valid_data_with_422(tmp_path: Path) -> None:
+    # The three exceptions in schemathesis.toml (made-up answers in a schema-valid briefing; unreadable bytes
+    # in a schema-valid upload; a sentence its document does not hold) stay that narrow.
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json",
         create_app(make_settings(tmp_path / "home")),
@@ -74,7 +75,7 @@ def test_only_the_briefing_and_uploads_may_answer_valid_data_with_422(tmp_path: 
             in schema.config.checks_config_for(operation=operation).positive_data_acceptance.expected_statuses
         ):
             allowing.add((operation.method.upper(), operation.path))
-    assert allowing == {("POST", "/briefing"), ("POST", "/documents")}
+    assert allowing == {("POST", "/briefing"), ("POST", "/documents"), ("POST", "/questions")}
 
 
 # --- what the schema states, for settings other than the defaults --------------------------------------------

@@ -49,6 +49,7 @@ from app.web.deps import (
     stamp,
 )
 from app.web.documents import document_routes
+from app.web.questions import question_routes
 
 UI_PATH = "/ui"
 NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
@@ -371,11 +372,10 @@ def _state_the_limits(app: FastAPI, settings: Settings) -> None:
             for status in ("401", "403", "409"):
                 del ingest["responses"][status]
             ingest["description"] += " Disabled on this server (CITEQA_ADMIN_TOKEN is not set): 404."
-            # Documents are changed without a token here, from this machine only (app/web/deps.py, may_write).
-            for operation in (
-                schema["paths"]["/documents"]["post"],
-                schema["paths"]["/documents/{doc_id}"]["delete"],
-            ):
+            # Documents and the question file are changed without a token here, from this machine only
+            # (app/web/deps.py, may_write).
+            writers = [("/documents", "post"), ("/documents/{doc_id}", "delete"), ("/questions", "post")]
+            for operation in (schema["paths"][path][method] for path, method in writers):
                 operation.pop("security", None)
                 del operation["responses"]["401"]
                 operation["description"] += (
@@ -543,6 +543,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _handlers(app)
     _routes(app)
     document_routes(app, settings)
+    question_routes(app)
     _briefing_route(app)
     _state_the_limits(app, settings)
 
