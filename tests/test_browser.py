@@ -2,6 +2,7 @@
 and markup in documents or questions shown as text, never run."""
 
 import html
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -71,7 +72,11 @@ def site(seed_settings: Settings, embedder: Embedder, site_root: Path) -> Iterat
     (root / "tmp").mkdir()
     # Its own temporary folder, so a test can see what the server leaves there; GRADIO_IS_E2E_TEST makes
     # Gradio drop a closed tab's session after a second instead of an hour, and changes nothing else we use.
-    extra = {"TMPDIR": str(root / "tmp"), "GRADIO_IS_E2E_TEST": "1"}
+    extra = {
+        "TMPDIR": str(root / "tmp"),
+        "GRADIO_IS_E2E_TEST": "1",
+        "CITEQA_QUESTIONS_FILE": str(root / "recorded.yaml"),
+    }
     proc, base = serve(home, corpus, root / "server.log", extra)
     try:
         yield base
@@ -211,7 +216,7 @@ def test_markup_in_a_document_is_shown_as_text(page: Any, site: str) -> None:
         assert squash(c["quote"]) in squash(shown)
     open_source(page, cited[0]["n"])
     source = page.inner_text("#cq-source")
-    page.click("text=Documents in the index")
+    page.click("#cq-docs-panel > button")
     page.wait_for_timeout(300)
     for literal in (IMG, SCRIPT):
         if literal in text:
@@ -467,3 +472,65 @@ def test_a_closed_sessions_briefing_files_are_removed(page: Any, site_root: Path
     while folder.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not folder.exists()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_documents_added_in_the_page_are_answered_from_recorded_and_removed(
+    page: Any, site: str, site_root: Path, tmp_path: Path
+) -> None:
+    from test_documents import DOCX_FACT, DOCX_QUESTION, PDF_FACT, PDF_QUESTION, text_pdf, word
+
+    from app.cli import main as cli
+
+    files = {"lighthouse.pdf": text_pdf("Brackenridge lighthouse notes", PDF_FACT)}
+    files["ferry.docx"] = word("Dunmore ferry", DOCX_FACT)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    page.click("#cq-docs-panel > button")
+    page.locator("#cq-upload input[type=file]").set_input_files([str(tmp_path / name) for name in files])
+    page.wait_for_function(
+        "['lighthouse', 'ferry'].every(n => document.querySelector('#cq-upload').innerText.includes(n))",
+        timeout=60_000,
+    )
+    page.fill("#cq-upload-publisher textarea, #cq-upload-publisher input", "Coastal Heritage Trust")
+    page.click("#cq-upload-add")
+    page.wait_for_selector("#cq-docs-done", timeout=120_000)
+    assert "2 added" in page.inner_text("#cq-docs-done")
+    assert "Dunmore ferry" in page.inner_text("#cq-documents")
+
+    # An answer only the new Word file holds, kept in the question set.
+    bot = ask_ui(page, DOCX_QUESTION, 1)
+    assert "4,200 passengers" in bot.inner_text()
+    page.click("#cq-qset > button")
+    page.click("#cq-qset-add")
+    page.wait_for_selector("#cq-qset-done", timeout=60_000)
+
+    # One only the PDF holds, then the PDF removed: the same question is no longer answered.
+    assert "1987" in ask_ui(page, PDF_QUESTION, 2).inner_text()
+    page.click("#cq-remove-pick input")
+    page.keyboard.type("lighthouse")
+    page.get_by_role("option", name="uploads--lighthouse.pdf").first.click()
+    page.click("#cq-remove")
+    page.wait_for_function(
+        "document.querySelector('#cq-docs-done')?.innerText.includes('1 removed')", timeout=120_000
+    )
+    assert "do not answer" in ask_ui(page, PDF_QUESTION, 3).inner_text()
+    assert_not_executed(page)
+
+    recorded = site_root / "recorded.yaml"
+    reports = tmp_path / "reports"
+    args = [
+        "eval",
+        "--corpus",
+        str(site_root / "corpus"),
+        "--questions",
+        str(recorded),
+        "--report",
+        str(reports),
+    ]
+    assert cli(args) == 0
+    [result] = json.loads((reports / "report.json").read_text())["results"]
+    assert result["question"] == DOCX_QUESTION and result["passed"]
+    # The page's own upload leaves the other browser tests the corpus they expect.
+    assert httpx.delete(f"{site}/documents/uploads--ferry.docx", timeout=120).status_code == 200

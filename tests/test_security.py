@@ -97,12 +97,21 @@ def test_the_environment_file_never_leaks_the_token(served: Server) -> None:
 
 
 @pytest.mark.slow
-def test_the_ui_accepts_no_uploads(served: Server) -> None:
+def test_the_page_takes_files_from_this_machine_only(served: Server) -> None:
     page = b"<script>alert(document.cookie)</script>"
     for path in ("/ui/gradio_api/upload", "/ui/gradio_api/upload/", "/ui/upload"):
-        reply = httpx.post(f"{served.url}{path}", files={"files": ("x.html", page, "text/html")}, timeout=30)
-        assert reply.status_code == 404, reply.text
-    # The UI itself still works.
+        reply = httpx.post(
+            f"{served.url}{path}",
+            files={"files": ("x.html", page, "text/html")},
+            headers={"X-Forwarded-For": "203.0.113.9"},
+            timeout=30,
+        )
+        assert reply.status_code == 403 and "POST /documents" in reply.json()["detail"], reply.text
+    # On this machine the documents panel's file picker works; its files wait in Gradio's cache, not the corpus.
+    reply = httpx.post(
+        f"{served.url}/ui/gradio_api/upload", files={"files": ("x.txt", b"text", "text/plain")}
+    )
+    assert reply.status_code == 200, reply.text
     assert httpx.get(f"{served.url}/ui/", timeout=30).status_code == 200
 
 

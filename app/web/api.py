@@ -46,6 +46,7 @@ from app.web.deps import (
     SnapshotDep,
     bearer,
     check_token,
+    is_local,
     stamp,
 )
 from app.web.documents import document_routes
@@ -53,7 +54,7 @@ from app.web.questions import question_routes
 
 UI_PATH = "/ui"
 NO_INDEX = "no index has been built yet; run `citeqa ingest` (or POST /ingest) and try again"
-# Gradio routes that store a caller's files on the server; the UI has no file inputs, so none is needed.
+# Gradio routes that store a caller's files on the server (the documents panel's file picker).
 _UPLOAD_PATHS = {f"{UI_PATH}/gradio_api/upload", f"{UI_PATH}/upload"}
 
 _STAMPED: dict[str, Any] = {
@@ -151,16 +152,20 @@ class BodyLimit:
             await JSONResponse({"detail": exc.detail}, 413)(scope, receive, send)
 
 
-class NoUploads:
-    """Refuse Gradio's upload routes: the UI takes no files, and an open upload route stores anyone's."""
+class LocalUploads:
+    """Gradio's upload routes (the documents panel's file picker) for clients on this machine only: an open
+    upload route stores anyone's files. Other machines add documents with POST /documents and the token."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path", "").rstrip("/") in _UPLOAD_PATHS:
-            await JSONResponse({"detail": "this server accepts no file uploads"}, 404)(scope, receive, send)
-            return
+            client = scope.get("client") or ("", 0)
+            if not is_local(str(client[0]), Headers(scope=scope)):
+                detail = "files can be added in the page only on this machine; elsewhere use POST /documents"
+                await JSONResponse({"detail": detail}, 403)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -531,7 +536,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/documents": max(settings.max_body_bytes, settings.max_upload_bytes),
         },
     )
-    app.add_middleware(NoUploads)
+    app.add_middleware(LocalUploads)
     app.add_middleware(DocsFromHere)
     if settings.cors_origins:
         app.add_middleware(
@@ -552,7 +557,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.web.ui.briefing import CSS as BRIEF_CSS
     from app.web.ui.chat import CSS, HEAD, build_ui
 
-    # The UI has no upload fields; the cap stops Gradio's upload route from filling the disk.
+    # The documents panel's files go through Gradio's upload route first: held to the per-file limit.
     return gr.mount_gradio_app(
         app,
         build_ui(settings),
@@ -561,5 +566,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         css=CSS + BRIEF_CSS,
         head=HEAD,
         show_error=True,
-        max_file_size=settings.max_body_bytes,
+        max_file_size=settings.max_file_bytes,
     )

@@ -3,6 +3,7 @@ who may change the corpus."""
 
 import hmac
 import ipaddress
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -68,12 +69,16 @@ def may_write(
     if settings.admin_token:
         check_token(credentials, settings.admin_token)
         return
-    host = request.client.host if request.client else ""
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    if not local or any(name in request.headers for name in _FORWARDED):
+    if not is_local(request.client.host if request.client else "", request.headers):
         raise HTTPException(
             403, "documents can be changed only from this machine unless the server sets CITEQA_ADMIN_TOKEN"
         )
+
+
+def is_local(host: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request comes from this machine: a loopback address, and no proxy's forwarding header."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+    return loopback and not any(name in headers for name in _FORWARDED)

@@ -12,6 +12,8 @@ from app.settings import Settings
 from app.store.split import squash
 from app.web.ui.briefing import add_link, briefing_panel
 from app.web.ui.client import ApiError, as_text, call_api
+from app.web.ui.documents import documents_panel
+from app.web.ui.questions import question_panel
 
 EXAMPLE_COUNT = 4
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -168,20 +170,6 @@ def source_html(citation: dict[str, Any], doc: dict[str, Any]) -> str:
     return f'{head}<div class="cq-src-text">{marked}</div>'
 
 
-def docs_html(docs: list[dict[str, Any]]) -> str:
-    """The indexed documents as a short list."""
-    items = "".join(
-        f'<li><span class="cq-title">{html.escape(d["title"])}</span> '
-        f'<span class="cq-meta">{_meta(d["publisher"], d["published"], "")}</span></li>'
-        for d in docs
-    )
-    return (
-        f'<ul class="cq-docs">{items}</ul>'
-        if items
-        else '<div class="cq-empty">The index holds no documents.</div>'
-    )
-
-
 def example_questions(settings: Settings) -> list[str]:
     """Starter questions: `settings.example_questions` if set, else the corpus manifest's `examples`."""
     from ingest.build import read_examples
@@ -244,13 +232,6 @@ def build_ui(settings: Settings) -> gr.Blocks:
             return gr.skip(), gr.skip()
         return citation_line(citation, doc), source_html(citation, doc)
 
-    async def on_load(request: gr.Request) -> str:
-        try:
-            docs = await call_api(settings, request, "GET", "/documents")
-        except ApiError as exc:
-            return f'<div class="cq-warn">{html.escape(exc.message)}</div>'
-        return docs_html(docs)
-
     def on_clear() -> tuple[Any, ...]:
         return [], _new_state(), "", gr.update(choices=[], value=None, visible=False), "", _NO_SOURCE
 
@@ -306,9 +287,13 @@ def build_ui(settings: Settings) -> gr.Blocks:
                     placeholder="A briefing-ready citation appears here.",
                 )
                 source = gr.HTML(_NO_SOURCE, elem_id="cq-source", js_on_load=_SCROLL_JS)
-                with gr.Accordion("Documents in the index", open=False):
-                    documents = gr.HTML('<div class="cq-empty">Loading…</div>', elem_id="cq-documents")
+                refresh_documents, listed = documents_panel(settings)
+                answered_by = question_panel(settings, state)
                 briefing_panel(settings, state)
+
+        async def on_load(request: gr.Request) -> tuple[Any, ...]:
+            shown, picker = await refresh_documents(request)
+            return shown, picker, picker
 
         outputs = [chat, state, question, pick, citation, source]
         ask_button.click(on_ask, [question, state], outputs, concurrency_limit=None)
@@ -316,5 +301,5 @@ def build_ui(settings: Settings) -> gr.Blocks:
         pick.input(on_pick, [pick, state], [citation, source], concurrency_limit=None)
         clear.click(on_clear, None, outputs)
         chat.clear(on_clear, None, outputs)
-        ui.load(on_load, None, documents)
+        ui.load(on_load, None, [*listed, answered_by])
     return ui

@@ -1,6 +1,7 @@
 """The UI's client of the API: calls over HTTP, errors as toasts, text made safe to render."""
 
 import html
+import ipaddress
 from typing import Any
 
 import gradio as gr
@@ -78,3 +79,25 @@ async def call_api(
         return response.json()
     except ValueError:
         raise ApiError(f"The API at {base} did not answer with JSON.", "No API") from None
+
+
+# Headers a proxy adds; passed on, so the API judges the browser's origin and not this server's.
+_FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def on_behalf(request: gr.Request | None) -> dict[str, str]:
+    """Headers for a call that changes something: the browser's own origin, so that the API's rule on who
+    may write (loopback only, without a token) judges the browser and never this server's own address."""
+    if request is None:
+        return {"X-Forwarded-For": "unknown"}
+    passed = {name: request.headers[name] for name in _FORWARDED if name in request.headers}
+    host = request.client.host if request.client else ""
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        passed["x-forwarded-for"] = ", ".join(
+            filter(None, [passed.get("x-forwarded-for"), host or "unknown"])
+        )
+    return passed
