@@ -4,7 +4,7 @@ who may change the corpus."""
 import hmac
 import ipaddress
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -16,6 +16,14 @@ from app.store.index import Live, Snapshot
 
 # Names the generation a response was computed from, so a caller can check quotes against that very text.
 GENERATION_HEADER = "X-Citeqa-Generation"
+# The answers of a route guarded by may_write, for its OpenAPI responses.
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token was sent (a server with CITEQA_ADMIN_TOKEN set)."},
+    403: {
+        "description": "The bearer token is wrong; or, with no CITEQA_ADMIN_TOKEN set, the client is not on "
+        "this machine (or came through a proxy)."
+    },
+}
 # Headers a proxy adds: a request that carries one came from further away than the proxy's own address.
 _FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
 

@@ -8,16 +8,12 @@ from fastapi import Depends, FastAPI, File, Form, Response, UploadFile
 from app.errors import BadInput, NotFound
 from app.schemas import IngestSummary
 from app.settings import Settings
-from app.web.deps import EmbedderDep, LiveDep, SettingsDep, may_write, stamp
+from app.web.deps import WRITE_ERRORS, EmbedderDep, LiveDep, SettingsDep, may_write, stamp
 from ingest.load import SUPPORTED
 from ingest.upload import UPLOADS, Upload, add, remove
 
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No bearer token was sent (a server with CITEQA_ADMIN_TOKEN set)."},
-    403: {
-        "description": "The bearer token is wrong; or, with no CITEQA_ADMIN_TOKEN set, the client is not on "
-        "this machine (or came through a proxy)."
-    },
+    **WRITE_ERRORS,
     409: {"description": "Another ingest or upload is running; nothing was changed. Try again."},
     503: {"description": "The index cannot be read, or the model cannot be loaded."},
 }

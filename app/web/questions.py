@@ -5,7 +5,7 @@ from fastapi import Depends, FastAPI
 from app.errors import BadInput
 from app.qa.answer import validate_question
 from app.schemas import Recorded, RecordRequest
-from app.web.deps import SettingsDep, SnapshotDep, may_write
+from app.web.deps import WRITE_ERRORS, SettingsDep, SnapshotDep, may_write
 from evals.record import located, record
 
 
@@ -19,11 +19,7 @@ def question_routes(app: FastAPI) -> None:
         dependencies=[Depends(may_write)],
         responses={
             400: {"description": "The body is not valid UTF-8, or its Content-Length is not a number."},
-            401: {"description": "No bearer token was sent (a server with CITEQA_ADMIN_TOKEN set)."},
-            403: {
-                "description": "The bearer token is wrong; or, with no CITEQA_ADMIN_TOKEN set, the client is "
-                "not on this machine (or came through a proxy)."
-            },
+            **WRITE_ERRORS,
             413: {"description": "The body is larger than the server's limit (`CITEQA_MAX_BODY_BYTES`)."},
             404: {"description": "No document has the `doc_id` given."},
             409: {"description": "The question file already has this question."},
