@@ -137,13 +137,13 @@ class DocumentInfo(BaseModel):
     kind: str
     chars: int
     chunks: int
+    removed_count: int = Field(description="Lines cleaning removed (page furniture, banners, widgets).")
 
 
 class DocumentDetail(DocumentInfo):
     """A document's metadata with its cleaned text and what cleaning removed."""
 
     text: str
-    removed_count: int
     removed_sample: list[str]
 
 

@@ -497,7 +497,8 @@ def test_documents_added_in_the_page_are_answered_from_recorded_and_removed(
     page.click("#cq-upload-add")
     page.wait_for_selector("#cq-docs-done", timeout=120_000)
     assert "2 added" in page.inner_text("#cq-docs-done")
-    assert "Dunmore ferry" in page.inner_text("#cq-documents")
+    listed = page.inner_text("#cq-documents")
+    assert "Dunmore ferry" in listed and "Coastal Heritage Trust" in listed and "removed in cleaning" in listed
 
     # An answer only the new Word file holds, kept in the question set.
     bot = ask_ui(page, DOCX_QUESTION, 1)

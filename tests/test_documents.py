@@ -165,6 +165,9 @@ def test_a_pdf_and_a_docx_are_added_answered_from_and_removed(local: TestClient,
     listed = {d["doc_id"]: d for d in local.get("/documents").json()}
     assert listed["uploads--lighthouse.pdf"]["publisher"] == "Coastal Heritage Trust"
     assert listed["uploads--lighthouse.pdf"]["title"] == "Brackenridge lighthouse notes"
+    # The listing says what cleaning took out: nothing from this PDF, page furniture from the news pages.
+    assert listed["uploads--lighthouse.pdf"]["removed_count"] == 0
+    assert any(d["removed_count"] > 0 for d in listed.values())
     assert (settings.corpus / UPLOADS / "lighthouse.pdf").read_bytes() == pdf
 
     answer = ask(local, PDF_QUESTION)

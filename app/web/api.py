@@ -222,6 +222,7 @@ def _info(doc: Document) -> dict[str, Any]:
         "kind": doc.kind,
         "chars": len(doc.text),
         "chunks": len(doc.chunks),
+        "removed_count": doc.removed_count,
     }
 
 
@@ -293,9 +294,7 @@ def _routes(app: FastAPI) -> None:
         doc = snapshot.docs.get(doc_id)
         if doc is None:
             raise NotFound(f"no document with id {doc_id[:200]!r}")
-        return DocumentDetail(
-            **_info(doc), text=doc.text, removed_count=doc.removed_count, removed_sample=doc.removed_sample
-        )
+        return DocumentDetail(**_info(doc), text=doc.text, removed_sample=doc.removed_sample)
 
     @app.post(
         "/ingest",

@@ -23,6 +23,10 @@ def docs_html(docs: list[dict[str, Any]]) -> str:
     for d in docs:
         meta = [d["publisher"], nice_date(d["published"]) if d["published"] else "", d.get("kind") or ""]
         meta.append(f"{d['chunks']} chunk{'s' if d['chunks'] != 1 else ''}")
+        if d.get("removed_count"):
+            meta.append(
+                f"{d['removed_count']} line{'s' if d['removed_count'] != 1 else ''} removed in cleaning"
+            )
         items.append(
             f'<li><span class="cq-title">{html.escape(d["title"])}</span> '
             f'<span class="cq-meta">{as_text(" · ".join(m for m in meta if m))}</span></li>'
