@@ -7,6 +7,7 @@ import shutil
 import socket
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -325,5 +326,28 @@ def test_an_upload_cut_off_half_way_changes_nothing(settings: Settings, tmp_path
         assert (
             httpx.post(f"{server.url}/ask", json={"question": SEED_QUESTION}, timeout=60).status_code == 200
         )
+    finally:
+        server.stop()
+
+
+def test_questions_during_an_upload_are_answered_from_one_whole_index(settings: Settings, tmp_path: Path):
+    server = serve(settings.home, settings.corpus, tmp_path / "server.log")
+    try:
+        before = httpx.post(f"{server.url}/ask", json={"question": SEED_QUESTION}, timeout=60)
+        old = before.headers["X-Citeqa-Generation"]
+        files = [("files", ("ferry.docx", word("Dunmore ferry", DOCX_FACT)))]
+        pool = ThreadPoolExecutor(1)
+        upload_done = pool.submit(httpx.post, f"{server.url}/documents", files=files, timeout=120)
+        seen = []
+        while not upload_done.done():
+            reply = httpx.post(f"{server.url}/ask", json={"question": SEED_QUESTION}, timeout=60)
+            assert reply.status_code == 200, reply.text
+            seen.append((reply.headers["X-Citeqa-Generation"], reply.json()["answer"]))
+        assert upload_done.result().status_code == 200
+        new = httpx.post(f"{server.url}/ask", json={"question": DOCX_QUESTION}, timeout=60)
+        assert DOCX_FACT in new.json()["citations"][0]["quote"]
+        assert seen and {generation for generation, _ in seen} <= {old, new.headers["X-Citeqa-Generation"]}
+        # The seed answer is the same from either index: nothing half-built was read.
+        assert {answer for _, answer in seen} == {before.json()["answer"]}
     finally:
         server.stop()
