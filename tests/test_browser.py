@@ -498,7 +498,9 @@ def test_documents_added_in_the_page_are_answered_from_recorded_and_removed(
     page.wait_for_selector("#cq-docs-done", timeout=120_000)
     assert "2 added" in page.inner_text("#cq-docs-done")
     listed = page.inner_text("#cq-documents")
-    assert "Dunmore ferry" in listed and "Coastal Heritage Trust" in listed and "removed in cleaning" in listed
+    assert (
+        "Dunmore ferry" in listed and "Coastal Heritage Trust" in listed and "removed in cleaning" in listed
+    )
 
     # An answer only the new Word file holds, kept in the question set.
     bot = ask_ui(page, DOCX_QUESTION, 1)
@@ -533,5 +535,15 @@ def test_documents_added_in_the_page_are_answered_from_recorded_and_removed(
     assert cli(args) == 0
     [result] = json.loads((reports / "report.json").read_text())["results"]
     assert result["question"] == DOCX_QUESTION and result["passed"]
+    # A file the server refuses: the API's own message in the page, and the index as it was.
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    page.locator("#cq-upload input[type=file]").set_input_files([str(tmp_path / "broken.pdf")])
+    page.wait_for_function(
+        "document.querySelector('#cq-upload').innerText.includes('broken')", timeout=60_000
+    )
+    page.click("#cq-upload-add")
+    page.wait_for_selector("#cq-docs-result .cq-warn", timeout=60_000)
+    assert "unreadable PDF" in page.inner_text("#cq-docs-result")
+    assert "broken" not in page.inner_text("#cq-documents")
     # The page's own upload leaves the other browser tests the corpus they expect.
     assert httpx.delete(f"{site}/documents/uploads--ferry.docx", timeout=120).status_code == 200
