@@ -351,3 +351,14 @@ def test_questions_during_an_upload_are_answered_from_one_whole_index(settings: 
         assert {answer for _, answer in seen} == {before.json()["answer"]}
     finally:
         server.stop()
+
+
+def test_a_body_over_the_upload_limit_is_refused_before_it_is_read(settings: Settings):
+    small = settings.model_copy(update={"max_upload_bytes": 100_000})
+    with client(small) as api:
+        before = state(api, small)
+        response = upload(
+            api, [("a.txt", b"Words and more words. " * 5000), ("b.txt", b"More words here. " * 3000)]
+        )
+        assert response.status_code == 413 and "100,000-byte limit" in response.json()["detail"]
+        assert state(api, small) == before
