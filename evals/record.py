@@ -79,6 +79,7 @@ def record(
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 out.write(text)
+            os.chmod(partial, 0o644)  # as a file written by hand would be, not mkstemp's 0600
             load_questions(Path(partial))  # the file stays one `citeqa eval --questions` reads
             os.replace(partial, path)
         finally:

@@ -5,7 +5,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from app.schemas import IngestSummary
 from app.settings import Settings
 from app.store.embed import Embedder
 from app.store.index import Store
-from ingest.build import MANIFEST, META_FIELDS, Source, build_document, ingest_locked
+from ingest.build import MANIFEST, META_FIELDS, Source, build_document, doc_id_for, ingest_locked
 from ingest.load import SUPPORTED
 
 # Uploads land in this sub-folder of the corpus, described by its own manifest.yaml (citeqa's to rewrite).
@@ -31,13 +31,14 @@ class Upload:
 
     name: str
     data: bytes
-    meta: dict[str, str] = field(default_factory=dict)
+    # None: no fields sent, so a file already there keeps its own.
+    meta: dict[str, str] | None = None
 
 
 def checked_name(name: str) -> str:
     """The file name if it is a plain, supported name; BadInput or UnsupportedType says what is wrong."""
-    if not name or len(name) > MAX_NAME_CHARS:
-        raise BadInput(f"a file name must have 1 to {MAX_NAME_CHARS} characters")
+    if not name or len(name) > MAX_NAME_CHARS or len(name.encode()) > 255:
+        raise BadInput(f"a file name must have 1 to {MAX_NAME_CHARS} characters (255 bytes)")
     if any(ch < " " or ch == "\x7f" for ch in name):
         raise BadInput(f"the file name {name!r} has control characters")
     if "/" in name or "\\" in name or name.startswith("."):
@@ -75,7 +76,8 @@ def check(uploads: list[Upload], settings: Settings) -> None:
     if len(set(names)) < len(names):
         raise BadInput("the same file name is sent twice")
     for upload in uploads:
-        upload.meta = checked_meta(upload.name, upload.meta)
+        if upload.meta is not None:
+            upload.meta = checked_meta(upload.name, upload.meta)
         if not upload.data:
             raise BadInput(f"{upload.name!r} is empty")
         if len(upload.data) > settings.max_file_bytes:
@@ -90,15 +92,25 @@ def add(corpus: Path, uploads: list[Upload], settings: Settings, embedder: Embed
     """Check the files, write them (and their fields) into the corpus's uploads folder, and index."""
     check(uploads, settings)
     folder = corpus / UPLOADS
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise BadInput(f"{folder} must be a plain folder (not a link) to take uploads")
     store = Store(settings)
     with store.lock(), _journal() as changes:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = _read(folder)
+        there = {doc_id_for(f"{UPLOADS}/{p.name}"): p.name for p in folder.iterdir() if p.name != MANIFEST and not p.name.startswith(".")}
         for upload in uploads:
+            other = there.get(doc_id_for(f"{UPLOADS}/{upload.name}"), upload.name)
+            if other != upload.name:
+                raise BadInput(f"{upload.name!r} would take the id of {other!r}, already uploaded: rename it")
             target = folder / upload.name
+            if target.is_symlink():
+                raise BadInput(f"{upload.name!r} is a link in the uploads folder; remove it by hand first")
             if not (target.is_file() and target.read_bytes() == upload.data):
                 changes.write(target, upload.data)
-            manifest[upload.name] = upload.meta
+            if upload.meta is not None:
+                manifest[upload.name] = upload.meta
+            manifest.setdefault(upload.name, {})
         changes.write(folder / MANIFEST, _dump(manifest))
         return ingest_locked(store, corpus, embedder)
 
@@ -106,13 +118,15 @@ def add(corpus: Path, uploads: list[Upload], settings: Settings, embedder: Embed
 def remove(corpus: Path, path: str, settings: Settings, embedder: Embedder) -> IngestSummary:
     """Delete a document's file (a path inside the corpus, as the index records it) and index."""
     root = corpus.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise NotFound(f"the file {path!r} is not in the corpus folder")
+    target = root / path
     store = Store(settings)
     with store.lock(), _journal() as changes:
+        if not target.parent.resolve().is_relative_to(root) or not target.is_file():
+            raise NotFound(f"the file {path!r} is not in the corpus folder")
+        if target.is_symlink():
+            raise BadInput(f"{path!r} is a link; remove it from the corpus folder by hand")
         changes.delete(target)
-        if target.parent == (root / UPLOADS).resolve():
+        if target.parent.resolve() == (root / UPLOADS).resolve():
             manifest = _read(target.parent)
             if manifest.pop(target.name, None) is not None:
                 changes.write(target.parent / MANIFEST, _dump(manifest))
@@ -120,10 +134,18 @@ def remove(corpus: Path, path: str, settings: Settings, embedder: Embedder) -> I
 
 
 def _read(folder: Path) -> dict[str, dict[str, str]]:
+    """The uploads manifest's documents; BadInput if it is there but broken, rather than overwrite it."""
     path = folder / MANIFEST
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    documents = data.get("documents") if isinstance(data, dict) else None
-    return dict(documents) if isinstance(documents, dict) else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BadInput(f"{path} is not valid YAML; fix or remove it ({type(exc).__name__})") from None
+    documents = data.get("documents", {}) if isinstance(data, dict) else None
+    if not isinstance(documents, dict):
+        raise BadInput(f"{path} must map `documents` from file name to fields; fix or remove it")
+    return dict(documents)
 
 
 def _dump(manifest: dict[str, dict[str, str]]) -> bytes:
@@ -136,6 +158,7 @@ def _write(target: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the file from other readers of the corpus
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)
@@ -160,11 +183,18 @@ class _Changes:
         target.unlink()
 
     def undo(self) -> None:
+        """Put back every file, even when one of them fails; the first failure is raised after."""
+        failed: OSError | None = None
         for target, data in self.before.items():
-            if data is None:
-                target.unlink(missing_ok=True)
-            else:
-                _write(target, data)
+            try:
+                if data is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    _write(target, data)
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 @contextmanager

@@ -108,7 +108,10 @@ def settings(tmp_path: Path, built: tuple[Path, Path]) -> Settings:
 
 
 def client(settings: Settings, where: tuple[str, int] = LOCAL) -> TestClient:
-    return TestClient(create_app(settings), raise_server_exceptions=False, client=where)
+    """A client at `where`, addressing the server by its loopback name as a local browser or curl does."""
+    return TestClient(
+        create_app(settings), raise_server_exceptions=False, client=where, base_url="http://127.0.0.1:8000"
+    )
 
 
 @pytest.fixture
@@ -235,6 +238,8 @@ BAD = [
     ("metadata with an unknown field", [("a.txt", b"Some text.")], {"a.txt": {"author": "x"}}, 422, "author"),
     ("metadata for a file not sent", [("a.txt", b"Some text.")], {"b.txt": {}}, 422, "b.txt"),
     ("metadata over two lines", [("a.txt", b"Some text.")], {"a.txt": {"title": "a\nb"}}, 422, "one line"),
+    ("metadata nested too deep", [("a.txt", b"Some text.")], "[" * 100_000, 422, "JSON object"),
+    ("a name over 255 bytes", [("é" * 196 + ".txt", b"Some text.")], None, 422, "255 bytes"),
 ]
 
 
@@ -275,6 +280,60 @@ def test_other_machines_may_not_write_without_the_token(settings: Settings):
         proxied = upload(api, [("a.txt", b"Some text here.")], headers={"X-Forwarded-For": "203.0.113.9"})
         assert proxied.status_code == 403
         assert state(api, settings) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Host": "evil.example:8000"},
+    ],
+    ids=["another site's page", "an opaque origin", "a cross-site fetch", "a rebound DNS name"],
+)
+def test_a_page_of_another_site_in_a_local_browser_may_not_write(
+    local: TestClient, settings: Settings, headers
+):
+    before = state(local, settings)
+    response = upload(local, [("a.txt", b"Some text here.")], headers=headers)
+    assert response.status_code == 403 and "CITEQA_ADMIN_TOKEN" in response.json()["detail"]
+    assert local.delete("/documents/kirklees-widespread-failings.txt", headers=headers).status_code == 403
+    assert state(local, settings) == before
+    # The page's own origin may.
+    same = {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"}
+    assert upload(local, [("a.txt", b"Some text here.")], headers=same).json()["added"] == 1
+
+
+def test_links_ids_and_fields_are_kept_straight(local: TestClient, settings: Settings):
+    meta = {"notes.txt": {"title": "Harbour notes"}}
+    assert upload(local, [("notes.txt", b"The quay was rebuilt in 1911.")], meta).json()["added"] == 1
+    # Sent again without fields: nothing changes, the title stays.
+    again = upload(local, [("notes.txt", b"The quay was rebuilt in 1911.")]).json()
+    assert (again["added"], again["updated"]) == (0, 0)
+    assert local.get("/documents/uploads--notes.txt").json()["title"] == "Harbour notes"
+    # A name that differs only in case would take the other file's id.
+    clash = upload(local, [("Notes.txt", b"Other words entirely.")])
+    assert clash.status_code == 422 and "would take the id" in clash.json()["detail"]
+    # A document that is a link is not removed through it (its target is another document).
+    (settings.corpus / "link.txt").symlink_to(settings.corpus / "kirklees-widespread-failings.txt")
+    ingest_summary = local.post("/ask", json={"question": SEED_QUESTION})
+    assert ingest_summary.status_code == 200
+    from ingest.build import ingest as reindex
+
+    reindex(settings.corpus, settings, local.app.state.embedder)
+    refused = local.delete("/documents/link.txt")
+    assert refused.status_code == 422 and "is a link" in refused.json()["detail"]
+    assert (settings.corpus / "kirklees-widespread-failings.txt").is_file()
+
+
+def test_a_broken_uploads_manifest_is_reported_not_overwritten(local: TestClient, settings: Settings):
+    (settings.corpus / UPLOADS).mkdir()
+    (settings.corpus / UPLOADS / "manifest.yaml").write_text("documents: [not, a, map\n")
+    response = upload(local, [("a.txt", b"Some text here.")])
+    assert response.status_code == 422 and "manifest.yaml is not valid YAML" in response.json()["detail"]
+    assert (settings.corpus / UPLOADS / "manifest.yaml").read_text() == "documents: [not, a, map\n"
+    assert not (settings.corpus / UPLOADS / "a.txt").exists()
 
 
 def test_with_a_token_every_writer_must_send_it(settings: Settings):
@@ -362,3 +421,25 @@ def test_a_body_over_the_upload_limit_is_refused_before_it_is_read(settings: Set
         )
         assert response.status_code == 413 and "100,000-byte limit" in response.json()["detail"]
         assert state(api, small) == before
+
+
+def test_the_page_passes_on_the_browsers_origin_to_the_api():
+    import gradio as gr
+    from starlette.requests import Request
+
+    from app.web.ui.client import on_behalf
+
+    def browser(host: str, client: str, **headers: str) -> gr.Request:
+        raw = [(b"host", host.encode())] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": raw, "client": (client, 1)}
+        return gr.Request(request=Request(scope))
+
+    assert on_behalf(browser("127.0.0.1:8000", "127.0.0.1", Origin="http://127.0.0.1:8000")) == {}
+    # Another site's page posting to this UI from a local browser: the API must see it is not this machine's.
+    assert "x-forwarded-for" in on_behalf(
+        browser("127.0.0.1:8000", "127.0.0.1", Origin="https://evil.example")
+    )
+    assert on_behalf(browser("10.0.0.5:8000", "203.0.113.9"))["x-forwarded-for"] == "203.0.113.9"
+    assert on_behalf(browser("127.0.0.1:8000", "127.0.0.1", **{"X-Forwarded-For": "198.51.100.7"}))[
+        "x-forwarded-for"
+    ].startswith("198.51.100.7")

@@ -34,9 +34,10 @@ def settings(seed_settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def local(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(settings), raise_server_exceptions=False, client=("127.0.0.1", 50000)
-    ) as client:
+    # A client on this machine, addressing the server by its loopback name as curl or a local browser does.
+    app = create_app(settings)
+    local_client = {"client": ("127.0.0.1", 50000), "base_url": "http://127.0.0.1:8000"}
+    with TestClient(app, raise_server_exceptions=False, **local_client) as client:
         yield client
 
 

@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -84,9 +85,28 @@ def may_write(
 
 
 def is_local(host: str, headers: Mapping[str, str]) -> bool:
-    """Whether a request comes from this machine: a loopback address, and no proxy's forwarding header."""
+    """Whether a request comes from this machine, on its own: a loopback client, no proxy's forwarding
+    header, a loopback name in Host (not a rebound DNS name), and no other site's page behind it (Origin,
+    Sec-Fetch-Site), since any page a local browser opens can post to 127.0.0.1."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-    return loopback and not any(name in headers for name in _FORWARDED)
+    if not loopback or any(name in headers for name in _FORWARDED):
+        return False
+    served = headers.get("host", "")
+    if not _loopback_name(urlsplit(f"//{served}").hostname):
+        return False
+    origin = headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != served:
+        return False
+    return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
+def _loopback_name(name: str | None) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name or "").is_loopback
+    except ValueError:
+        return False

@@ -54,7 +54,8 @@ def document_routes(app: FastAPI, settings: Settings) -> None:
             f"({' '.join(sorted(SUPPORTED))}), each at most {settings.max_file_bytes:,} bytes. They are kept in "
             f"the corpus folder's `{UPLOADS}/` with their fields in its manifest.yaml, so `citeqa ingest` and a "
             "restart see them, and indexed at once: answers switch to the new index when it is whole. The "
-            "same bytes again change nothing; a changed file is embedded again alone. Every file is checked "
+            "same bytes again (with no new fields) change nothing; a changed file is embedded again alone; fields "
+            "sent for a file replace its fields, and a file sent without any keeps its own. Every file is checked "
             "before any is written: one bad file refuses the request and changes nothing."
         ),
     )
@@ -76,14 +77,14 @@ def document_routes(app: FastAPI, settings: Settings) -> None:
             Form(
                 description='JSON object from file name to its fields, e.g. {"report.pdf": {"title": "...", '
                 '"publisher": "Ofsted", "published": "2018-03-22", "url": "", "kind": "official letter"}}; '
-                "a field left out or empty stays empty."
+                "a field left out or empty stays empty. A file not named here keeps the fields it has."
             ),
         ] = "{}",
     ) -> IngestSummary:
         """Add documents to the corpus and index them."""
         try:
             fields = json.loads(metadata)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadInput("metadata must be a JSON object from file name to its fields") from None
         if not isinstance(fields, dict):
             raise BadInput("metadata must be a JSON object from file name to its fields")
@@ -93,7 +94,7 @@ def document_routes(app: FastAPI, settings: Settings) -> None:
             raise BadInput(f"metadata names files that were not sent: {', '.join(sorted(map(str, unknown)))}")
         # One byte over the limit is enough to know a file is too large, without holding all of it.
         uploads = [
-            Upload(name, f.file.read(settings.max_file_bytes + 1), fields.get(name, {}))
+            Upload(name, f.file.read(settings.max_file_bytes + 1), fields.get(name))
             for name, f in zip(names, files, strict=True)
         ]
         summary = add(settings.corpus, uploads, settings, embedder)

@@ -1,7 +1,6 @@
 """The UI's client of the API: calls over HTTP, errors as toasts, text made safe to render."""
 
 import html
-import ipaddress
 from typing import Any
 
 import gradio as gr
@@ -9,6 +8,7 @@ import httpx
 
 from app.settings import Settings
 from app.store.split import squash
+from app.web.deps import is_local
 
 TIMEOUT_S = 120.0
 # HTML specials and what markdown (or KaTeX) could read as syntax: as numeric entities they are only text.
@@ -87,16 +87,13 @@ _FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 def on_behalf(request: gr.Request | None) -> dict[str, str]:
     """Headers for a call that changes something: the browser's own origin, so that the API's rule on who
-    may write (loopback only, without a token) judges the browser and never this server's own address."""
+    may write (this machine only, without a token) judges the browser, and another site's page that posts
+    to this UI, never this server's own loopback call."""
     if request is None:
         return {"X-Forwarded-For": "unknown"}
     passed = {name: request.headers[name] for name in _FORWARDED if name in request.headers}
     host = request.client.host if request.client else ""
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    if not local:
+    if not is_local(host, request.headers):
         passed["x-forwarded-for"] = ", ".join(
             filter(None, [passed.get("x-forwarded-for"), host or "unknown"])
         )

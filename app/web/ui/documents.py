@@ -79,7 +79,9 @@ def documents_panel(settings: Settings) -> tuple[Callable[..., Awaitable[tuple[A
         shared = {"publisher": source, "published": date, "kind": what}
         fields = {**shared, "title": name} if len(paths) == 1 else shared
         sent = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
-        metadata = {Path(p).name: {k: v.strip() for k, v in fields.items() if v and v.strip()} for p in paths}
+        given = {k: v.strip() for k, v in fields.items() if v and v.strip()}
+        # Fields only when some were given: a file sent again without them keeps those it has.
+        metadata = {Path(p).name: given for p in paths} if given else {}
         try:
             summary = await call_api(
                 settings,
