@@ -98,7 +98,11 @@ def add(corpus: Path, uploads: list[Upload], settings: Settings, embedder: Embed
     with store.lock(), _journal() as changes:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = _read(folder)
-        there = {doc_id_for(f"{UPLOADS}/{p.name}"): p.name for p in folder.iterdir() if p.name != MANIFEST and not p.name.startswith(".")}
+        there = {
+            doc_id_for(f"{UPLOADS}/{p.name}"): p.name
+            for p in folder.iterdir()
+            if p.name != MANIFEST and not p.name.startswith(".")
+        }
         for upload in uploads:
             other = there.get(doc_id_for(f"{UPLOADS}/{upload.name}"), upload.name)
             if other != upload.name:
