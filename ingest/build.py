@@ -28,7 +28,8 @@ from ingest.load import SUPPORTED, load
 MANIFEST = "manifest.yaml"
 # Bump when loading, cleaning or chunking changes, so every document is processed again.
 # 2: the sentence splitter keeps dotted initials and "Capt." inside a sentence.
-PIPELINE_VERSION = "2"
+# 3: a paragraph of short unpunctuated lines (an address, a sign-off) is one unit (app/store/split.py).
+PIPELINE_VERSION = "3"
 META_FIELDS = ("title", "publisher", "published", "url", "kind")
 # Neighbours Chroma's HNSW explores per query (default 100): at 100 two processes opening one index could
 # return different dense tails, so answers changed between runs; at 400 they agree, in about the same time.

@@ -86,6 +86,25 @@ def test_sentences_do_not_end_at_initials_or_titles():
     ]
 
 
+def test_an_address_block_is_one_unit_and_a_date_line_a_heading_and_a_list_item_stand_alone():
+    text = (
+        "Piccadilly Gate  \nStore Street  \nManchester M1 2WD\n\n22 March 2018\n\n# Findings\n"
+        "- Caseloads are high\n- Audits vary\n\nYours sincerely\n\nNeil Penswick\nHer Majesty's Inspector\n\n"
+        "The visit found delays.\nManagers were new."
+    )
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Piccadilly Gate  \nStore Street  \nManchester M1 2WD",
+        "22 March 2018",
+        "# Findings",
+        "Caseloads are high",
+        "Audits vary",
+        "Yours sincerely",
+        "Neil Penswick\nHer Majesty's Inspector",
+        "The visit found delays.",
+        "Managers were new.",
+    ]
+
+
 def test_incremental_unchanged_edited_deleted(tmp_path: Path, corpus_copy: Path, embedder: Embedder):
     settings = make_settings(tmp_path / "home")
     first = ingest(corpus_copy, settings, embedder)

@@ -197,15 +197,41 @@ def is_stopword(word: str) -> bool:
     return word.lower() in _STOPWORDS
 
 
+# A line of a block (an address, a letter's addressee or sign-off, a contact list): at most this many words,
+# no sentence end and no bullet or heading mark.
+BLOCK_LINE_WORDS = 8
+_BLOCK_LINE = re.compile(r"^(?![#>*•·–—-] )(?!#)\S.*(?<![.!?:;,])$")
+
+
+def _block(lines: list[str]) -> bool:
+    """Whether the lines of a paragraph form one block, cited whole: two or more short unpunctuated lines."""
+    return len(lines) > 1 and all(
+        _BLOCK_LINE.match(line.strip()) and len(line.split()) <= BLOCK_LINE_WORDS for line in lines
+    )
+
+
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Split text[start:end] into sentences; return (start, end) offsets with surrounding space trimmed."""
+    """Split text[start:end] into sentences; return (start, end) offsets with surrounding space trimmed.
+
+    Line breaks end a sentence, so headings, list items, a date line and paragraphs stand alone; the lines
+    of a paragraph that is a block (see _block) are one unit."""
     end = len(text) if end is None else end
     spans: list[tuple[int, int]] = []
-    # Line breaks always end a sentence: headings, list items and paragraphs stand alone.
-    for line in re.finditer(r"[^\n]+", text[start:end]):
-        lo, hi = start + line.start(), start + line.end()
-        cut = lo
-        for m in _END.finditer(text, lo, hi):
+    for para in re.finditer(r"(?:[^\n]*\S[^\n]*(?:\n|$))+", text[start:end]):
+        lo, hi = start + para.start(), start + para.end()
+        if _block(text[lo:hi].strip().split("\n")):
+            _append(text, spans, lo, hi)
+        else:
+            _lines(text, spans, lo, hi)
+    return spans
+
+
+def _lines(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> None:
+    """The sentences of each line of text[lo:hi]."""
+    for line in re.finditer(r"[^\n]+", text[lo:hi]):
+        lo_line, hi_line = lo + line.start(), lo + line.end()
+        cut = lo_line
+        for m in _END.finditer(text, lo_line, hi_line):
             word = re.search(r"([\w.]+)[.!?]*$", text[cut : m.start() + 1])
             if word and m.group().startswith(".") and word.group(1).lower().rstrip(".") in _ABBREVIATIONS:
                 continue
@@ -214,8 +240,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
                 continue
             _append(text, spans, cut, m.end())
             cut = m.end()
-        _append(text, spans, cut, hi)
-    return spans
+        _append(text, spans, cut, hi_line)
 
 
 def _append(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> None:
