@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     read_budget: int = 8
     # Abstain when no sentence that may answer scores this much (fitted: models/reader/params.json).
     abstain_threshold: float = Field(default_factory=lambda: float(fitted()["abstain_threshold"]))
+    # With the reader on, a sentence may answer only when its confidence (app/qa/read.py) reaches this too
+    # (fitted: models/reader/params.json).
+    answer_threshold: float = Field(default_factory=lambda: float(fitted()["answer_threshold"]))
 
 
 @lru_cache

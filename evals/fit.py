@@ -24,6 +24,11 @@ from evals.split import holds_answer
 
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
+# The answer threshold is the highest confidence at which at most this share of the calibration articles'
+# answerable questions abstain, the abstention threshold's share included.
+TARGET_ANSWER_FALSE_ABSTENTION = 0.05
+# The false-abstention shares at which --fit also reports the abstention it would buy.
+CURVE = (0.05, 0.10, 0.20)
 
 
 def examples(
@@ -139,6 +144,45 @@ def fit_frame(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     raw = x[:, 0] + FRAME_PENALTY * x[:, 1]
     frame = logistic(np.column_stack([raw, x[:, 1]]), y)
     return {"candidates": len(y), "frame_penalty": round(float(-frame[1] / frame[0]), 2)}
+
+
+def fit_answer(
+    x: np.ndarray, y: np.ndarray, question: np.ndarray, calibration: tuple[int, int], floor: float
+) -> dict[str, Any]:
+    """The confidence (app/qa/read.py ANSWER_WEIGHTS): a pointwise logistic regression of whether a candidate
+    holds a gold answer on its reader logit, score, unframed flag and chunk coverage, over every candidate (x
+    as candidate_examples gives it). Its threshold comes from the calibration questions, numbered first in
+    `question`: `calibration` is (answerable, all), the answerable ones first. A question answers when a
+    candidate scoring at least `floor` reaches the threshold."""
+    z = x[:, [2, 0, 1, 3]]
+    w = logistic(z, y)
+    conf = 1 / (1 + np.exp(-(z @ w[:4] + w[4])))
+    answerable, total = calibration
+    best = np.zeros(total)
+    for n in range(total):
+        mine = (question == n) & (x[:, 0] >= floor)
+        best[n] = conf[mine].max() if mine.any() else 0.0
+    pos, neg = np.sort(best[:answerable]), best[answerable:]
+
+    def at(share: float) -> float:
+        # The highest threshold letting through all but `share` of the answerable questions.
+        return float(max(pos[min(len(pos) - 1, int(share * len(pos)))], 1e-6))
+
+    threshold = at(TARGET_ANSWER_FALSE_ABSTENTION)
+    names = ("reader", "hybrid", "frame", "coverage", "intercept")
+    return {
+        "answer_candidates": len(y),
+        "answer_weights": {name: round(float(v), 4) for name, v in zip(names, w, strict=True)},
+        "answer_threshold": round(threshold, 4),
+        "answer_curve": {
+            f"{share:.2f}": {
+                "threshold": round(at(share), 4),
+                "false_abstention": round(float(np.mean(pos < at(share))), 3),
+                "abstention": round(float(np.mean(neg < at(share))), 3),
+            }
+            for share in CURVE
+        },
+    }
 
 
 def fit_rank(x: np.ndarray, y: np.ndarray, question: np.ndarray) -> dict[str, Any]:

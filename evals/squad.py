@@ -222,7 +222,7 @@ def fit_scorer(
     """The sentence ranker's fitted constant (CHUNK_COVERAGE_WEIGHT) on the calibration articles' answerable
     questions and FRAME_PENALTY on all of them; the reader's rank weights (app/qa/read.py) on those and on the
     natural questions of NATURAL_FIT, indexed beside them (`settings.home`'s folder)."""
-    from evals.fit import candidate_examples, examples, fit, fit_frame, fit_rank
+    from evals.fit import candidate_examples, examples, fit, fit_answer, fit_frame, fit_rank
 
     embedder = get_embedder()
     snapshot = Store(settings).open()
@@ -233,14 +233,13 @@ def fit_scorer(
     natural_settings = settings.model_copy(update={"home": home / "index", "corpus": home / "corpus"})
     ingest(natural_settings.corpus, natural_settings, embedder)
     xn, yn, qn = candidate_examples(Store(natural_settings).open(), embedder, natural_settings, natural_items)
+    asked = len(answerable) + len(unanswerable)
+    both = np.vstack([x, xn]), np.concatenate([y, yn]), np.concatenate([question, qn + asked])
     return {
         **fit(examples(snapshot, embedder, settings, answerable)),
         **fit_frame(x, y),
-        **fit_rank(
-            np.vstack([x, xn]),
-            np.concatenate([y, yn]),
-            np.concatenate([question, qn + len(answerable) + len(unanswerable)]),
-        ),
+        **fit_rank(*both),
+        **fit_answer(*both, (len(answerable), asked), settings.abstain_threshold),
     }
 
 

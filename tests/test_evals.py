@@ -20,7 +20,7 @@ from app.settings import Settings
 from app.store.embed import Embedder
 from app.store.index import Snapshot
 from evals import metrics, report, squad
-from evals.fit import fit, fit_frame, fit_rank
+from evals.fit import TARGET_ANSWER_FALSE_ABSTENTION, fit, fit_answer, fit_frame, fit_rank
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
 
@@ -78,6 +78,34 @@ def test_reader_fit_ranks_listwise_on_answerable_questions_only() -> None:
     assert abs(rank["hybrid"]) < 0.3 and abs(rank["frame"]) < 0.3
     frame = fit_frame(np.vstack(rows), np.concatenate(labels))
     assert frame["candidates"] == 3200 and "frame_penalty" in frame
+
+
+def test_answer_fit_learns_the_confidence_and_thresholds_false_abstention_on_calibration_questions() -> None:
+    rng = np.random.default_rng(5)
+    rows, labels, question = [], [], []
+    # 300 answerable questions, then 100 unanswerable; an answer sentence has a higher logit on average.
+    for number in range(400):
+        x = np.column_stack([rng.uniform(0.3, 1, 8), np.zeros(8), rng.normal(size=8), np.zeros(8)])
+        y = np.zeros(8)
+        if number < 300:
+            y[0], x[0, 2] = 1.0, x[0, 2] + 3.0
+        rows.append(x)
+        labels.append(y)
+        question += [number] * 8
+    x, y, q = np.vstack(rows), np.concatenate(labels), np.array(question)
+    result = fit_answer(x, y, q, (300, 400), floor=0.0)
+    assert result["answer_candidates"] == 3200
+    assert result["answer_weights"]["reader"] > 1 and abs(result["answer_weights"]["frame"]) < 0.1
+    # The threshold holds false abstention to the target and turns most unanswerable questions away.
+    target = f"{TARGET_ANSWER_FALSE_ABSTENTION:.2f}"
+    assert result["answer_curve"][target]["threshold"] == result["answer_threshold"]
+    assert result["answer_curve"][target]["false_abstention"] <= TARGET_ANSWER_FALSE_ABSTENTION
+    assert result["answer_curve"][target]["abstention"] > 0.5
+    curve = [result["answer_curve"][k]["abstention"] for k in ("0.05", "0.10", "0.20")]
+    assert curve == sorted(curve)
+    # A floor above every score leaves no candidate: every question abstains at any threshold.
+    none = fit_answer(x, y, q, (300, 400), floor=2.0)
+    assert none["answer_curve"][target]["false_abstention"] == 1.0
 
 
 # --- metric functions -------------------------------------------------------------------------------

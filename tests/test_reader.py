@@ -174,6 +174,26 @@ def test_answers_with_the_reader_on_keep_their_citations_exact(seed_snapshot, em
     assert "read" not in off.timings_ms
 
 
+def test_a_read_sentence_is_quoted_only_when_its_confidence_reaches_the_answer_threshold(
+    seed_snapshot, embedder, seed_settings
+):
+    question = "How many agency staff had senior managers recruited?"
+    found = retrieve(seed_snapshot, embedder, question, seed_settings)
+    read(get_reader(), seed_snapshot, [found], seed_settings.read_budget, seed_settings.abstain_threshold)
+    text, abstained, evidence = ExtractiveAnswerer().compose(seed_snapshot, found, seed_settings)
+    assert not abstained
+    read_ones = [ev for ev in evidence if ev.confidence is not None]
+    assert read_ones and all(ev.confidence >= seed_settings.answer_threshold for ev in read_ones)
+    assert 0 < read_ones[0].confidence < 1
+    # Just above the best read sentence's confidence, nothing read may be quoted, so the answer abstains...
+    best = max(ev.confidence for ev in found.sentences if ev.confidence is not None)
+    strict = seed_settings.model_copy(update={"answer_threshold": float(np.nextafter(best, 1))})
+    assert ask(seed_snapshot, embedder, question, strict).abstained
+    # ...while with the reader off the threshold does not apply.
+    off = strict.model_copy(update={"read_budget": 0})
+    assert not ask(seed_snapshot, embedder, question, off).abstained
+
+
 def test_read_puts_its_ranked_pool_first_and_keeps_every_sentence_and_score(
     seed_snapshot, embedder, seed_settings
 ):
@@ -411,13 +431,11 @@ def test_group_keeps_one_pair_per_sentence():
 def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_question():
     import torch
 
-    from app.store.embed import model_path
-
     answerable = Group(
         "Which river?", [Pair("Which river?", "The Calder.", 1.0), Pair("Which river?", "A town.", 0.0)]
     )
     unanswerable = Group("Who?", [Pair("Who?", "A city.", 0.0, 2.0), Pair("Who?", "A mayor.", 0.0, 2.0)])
-    [batch] = batches(tokenizer(model_path()), [answerable, unanswerable], 2, random.Random(0))
+    [batch] = batches(tokenizer(), [answerable, unanswerable], 2, random.Random(0))
     labels, weights = torch.from_numpy(batch["labels"]), torch.from_numpy(batch["weights"])
     positive = int(np.flatnonzero(batch["labels"] == 1.0)[0])
     [negative] = [i for i in np.flatnonzero(batch["group"] == batch["group"][positive]) if i != positive]
@@ -432,7 +450,7 @@ def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_questi
     raised[positive] += 1.0
     assert float(loss(raised, batch)) < float(loss(logits, batch))
     # A batch of unanswerable questions only has no listwise term.
-    [alone] = batches(tokenizer(model_path()), [unanswerable], 1, random.Random(0))
+    [alone] = batches(tokenizer(), [unanswerable], 1, random.Random(0))
     two = torch.tensor([0.5, -0.5])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(two, torch.zeros(2))
     assert float(loss(two, alone)) == pytest.approx(float(expected), rel=1e-5)
@@ -440,11 +458,9 @@ def test_loss_is_pointwise_everywhere_and_listwise_within_each_answerable_questi
 
 @pytest.mark.slow
 def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
-    from app.store.embed import model_path
-
     examples = list(groups(paragraphs(SQUAD, TRAIN_ARTICLES[:1]), random.Random(0)).values())[:8]
     log = io.StringIO()
-    model = build(model_path(), examples, layers=1, epochs=1.0, out=tmp_path, log=log)
+    model = build(examples, frozen=11, epochs=1.0, out=tmp_path, log=log)
     assert "step 2/2" in log.getvalue()
     reader = Reader(model, tmp_path / "tokenizer.json")
     scores = score(reader, "Who wrote it?", ["A sentence.", "Another, longer sentence about a book."])

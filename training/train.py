@@ -1,11 +1,11 @@
 """Train citeqa's reader: a cross-encoder that scores (question, sentence) pairs, exported to ONNX.
 
-Run: `make reader READER_DATA=DIR` (`python -m training.train --data DIR`). It reads open extractive-QA data in SQuAD 2.0 JSON (the files
-named in DATA_FILES, from `--data`) plus the training articles of the vendored SQuAD 2.0 split, mines
-negatives from citeqa's own retrieval over some of them, fine-tunes the first LAYERS layers of the packaged
-all-MiniLM-L6-v2 with a fresh one-logit head, and writes `models/reader/` (the int8 ONNX graph, its
-tokenizer and `metrics.json`), measured on QED dev (vendored in evals/data/, never trained on). Fixed seeds;
-CPU only.
+Run: `make reader READER_DATA=DIR` (`python -m training.train --data DIR`). It reads open extractive-QA data
+in SQuAD 2.0 JSON (the files named in DATA_FILES, from `--data`) plus the training articles of the vendored
+SQuAD 2.0 split, mines negatives from citeqa's own retrieval over some of them, fine-tunes the layers above
+FROZEN of the pretrained ms-marco-MiniLM-L-12-v2 cross-encoder (its float copy, training/convert.py), and
+writes `models/reader/` (the int8 ONNX graph, its tokenizer and `metrics.json`), measured on QED dev
+(vendored in evals/data/, never trained on). Fixed seeds; CPU only.
 """
 
 import argparse
@@ -30,12 +30,11 @@ from evals.split import DEV, EVAL_ARTICLES, SQUAD, TRAIN_ARTICLES, holds_answer,
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "models" / "reader"
-DATA_FILES = ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json")
+DATA_FILES = ("qed-train.json", "squadshifts-new-wiki.json", "covid-qa.json", "squad2-dev-19-articles.json")
 SEED = 13
-# Transformer layers kept from all-MiniLM-L6-v2. Four cost two thirds as much as six to train and run, and
-# with this recipe ranked as well within held-out SQuAD paragraphs and among retrieval's candidates (the
-# model card has both).
-LAYERS = 4
+# The embeddings and the first FROZEN of the 12 layers keep their pretrained weights: training the upper six
+# costs about half of training all twelve here.
+FROZEN = 6
 HARD_NEGATIVES = 2
 RANDOM_NEGATIVES = 1
 # Sentences of other paragraphs of the same file that share the question's rarest words: the distractors
@@ -46,25 +45,25 @@ OTHER_NEGATIVES = 1
 COMMON_SHARE = 0.02
 # Sentences of an unanswerable question's paragraph used as negatives, the most question-like first,
 # each weighted up: the only pairs where the most question-like sentence is still no answer, and few.
-IMPOSSIBLE_NEGATIVES = 4
+IMPOSSIBLE_NEGATIVES = 3
 IMPOSSIBLE_WEIGHT = 2.0
 # COVID-QA contexts are whole papers: negatives come from this many sentences either side of the answer.
 NEAR = 6
 # Negatives mined from citeqa's own retrieval: MINED_FILES and the SQuAD training articles are indexed, each
 # question asked, and the MINED_NEGATIVES best candidates holding no gold answer (app.qa.read.to_read) join it.
-MINED_FILES = ("squadshifts-new-wiki.json",)
-MINED_NEGATIVES = 3
+MINED_FILES = ("squad2-dev-19-articles.json",)
+MINED_NEGATIVES = 2
 # Questions per batch. Each answerable question's pairs are trained together, listwise (a softmax over
 # them, the answer sentences the target) as well as pointwise: retrieval hands the reader one question's
 # candidates to rank, and a pointwise loss alone never compares them with each other.
 GROUPS = 4
-LR = 5e-5
+LR = 3e-5
 WARMUP = 0.06
 DEV_QUESTIONS = 400
-# Answerable questions trained on, drawn at random from all of them (about 17,000), each with its pairs;
-# every unanswerable one joins them. Sized so that mining and one epoch finish in well under an hour on a
-# 2-core CPU.
-QUESTIONS = 9_000
+# Answerable questions trained on, drawn at random from all of them (about 20,000), each with its pairs;
+# every unanswerable one (about 3,500) joins them. Sized so that mining and one epoch finish in about an
+# hour on a 2-core CPU.
+QUESTIONS = 3_000
 
 
 @dataclass
@@ -239,12 +238,12 @@ def training_groups(data: Path, limit: int | None, seed: int = SEED, log: Any = 
     return out
 
 
-def tokenizer(source: Path, max_tokens: int = MAX_TOKENS) -> Any:
-    """The packaged WordPiece tokenizer, truncating the longer of question and sentence from its end and padding per batch."""
-    from tokenizers import Tokenizer
+def tokenizer(max_tokens: int = MAX_TOKENS) -> Any:
+    """The pretrained model's WordPiece tokenizer, truncating the longer of question and sentence from its
+    end and padding per batch."""
+    from training.weights import tokenizer as pretrained_tokenizer
 
-    tok = Tokenizer.from_file(str(source / "tokenizer.json"))
-    tok.enable_truncation(max_tokens, strategy="longest_first")
+    tok = pretrained_tokenizer(max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     return tok
 
@@ -290,24 +289,33 @@ def loss(logits: Any, batch: dict[str, np.ndarray]) -> Any:
     return total + torch.stack(listwise).mean() if listwise else total
 
 
-def train(source: Path, examples: list[Group], layers: int, epochs: float, seed: int, log: Any) -> Any:
-    """Fine-tune the first `layers` layers with a fresh head on `loss`."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as transformers_logging
+def trainable(name: str, frozen: int) -> bool:
+    """Whether a parameter trains: the embeddings and the first `frozen` layers keep their weights."""
+    if name.startswith("bert.embeddings."):
+        return False
+    if name.startswith("bert.encoder.layer."):
+        return int(name.split(".")[3]) >= frozen
+    return True
 
-    transformers_logging.set_verbosity_error()
+
+def train(examples: list[Group], frozen: int, epochs: float, seed: int, log: Any) -> Any:
+    """Fine-tune the pretrained cross-encoder's layers above `frozen`, its pooler and head, on `loss`."""
+    import torch
+
+    from training.convert import float_model
+
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(source), num_labels=1, num_hidden_layers=layers
-    )
+    model = float_model()
     model.train()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = trainable(name, frozen)
+    params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(seed)
-    plan = batches(tokenizer(source), examples, GROUPS, rng)
+    plan = batches(tokenizer(), examples, GROUPS, rng)
     steps = max(1, int(len(plan) * epochs))
     plan = (plan * math.ceil(epochs))[:steps]
-    optimiser = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
     warmup = max(1, int(steps * WARMUP))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
@@ -318,7 +326,7 @@ def train(source: Path, examples: list[Group], layers: int, epochs: float, seed:
         logits = model(**feed).logits.squeeze(-1)
         value = loss(logits, batch)
         value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         schedule.step()
         optimiser.zero_grad()
@@ -388,24 +396,26 @@ def _located(paras: Iterable[dict[str, Any]]) -> list[tuple[str, list[str], set[
     return out
 
 
-def precision_at_1(model_file: Path, source: Path, questions: list[tuple[str, list[str], set[int]]]) -> float:
+def precision_at_1(model_file: Path, questions: list[tuple[str, list[str], set[int]]]) -> float:
     """Share of held-out questions whose top-scored sentence in their own paragraph holds the answer."""
     from app.qa.read import Reader
 
-    reader = Reader(model_file, source / "tokenizer.json")
+    reader = Reader(model_file, model_file.parent / "tokenizer.json")
     right = 0
     for question, sentences, gold in questions:
         right += int(np.argmax(reader.score([(question, s) for s in sentences]))) in gold
     return right / max(1, len(questions))
 
 
-def build(source: Path, examples: list[Group], layers: int, epochs: float, out: Path, log: Any) -> Path:
+def build(examples: list[Group], frozen: int, epochs: float, out: Path, log: Any) -> Path:
     """Train, export and quantise into `out` (with the tokenizer beside the model); return the int8 file."""
-    model = train(source, examples, layers, epochs, SEED, log)
+    from training.weights import TOKENIZER_FILE, pretrained_dir
+
+    model = train(examples, frozen, epochs, SEED, log)
     out.mkdir(parents=True, exist_ok=True)
     export(model, out / "reader-fp32.onnx")
     quantise(out / "reader-fp32.onnx", out / "reader.onnx")
-    shutil.copyfile(source / "tokenizer.json", out / "tokenizer.json")
+    shutil.copyfile(pretrained_dir() / TOKENIZER_FILE, out / "tokenizer.json")
     return out / "reader.onnx"
 
 
@@ -420,16 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=QUESTIONS, help="train on at most this many answerable questions"
     )
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--frozen", type=int, default=FROZEN, help="pretrained layers kept as they are")
     parser.add_argument("--dev", type=int, default=DEV_QUESTIONS, help="held-out QED questions measured")
     args = parser.parse_args(argv)
     missing = [n for n in DATA_FILES if not (args.data / n).is_file()]
     if missing:
         print(f"citeqa: training data missing in {args.data}: {', '.join(missing)}", file=sys.stderr)
         return 2
-    from app.store.embed import model_path
-
-    source = model_path()
     started = time.perf_counter()
     examples = training_groups(args.data, args.limit)
     answerable = sum(g.answerable for g in examples)
@@ -439,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(examples)} questions ({answerable} answerable), {pairs} pairs ({positives} positive)",
         flush=True,
     )
-    int8 = build(source, examples, args.layers, args.epochs, args.out, sys.stdout)
+    int8 = build(examples, args.frozen, args.epochs, args.out, sys.stdout)
     minutes = (time.perf_counter() - started) / 60
     dev = dev_questions(args.dev)
     held_out = held_out_questions()
@@ -448,15 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         "answerable_questions": answerable,
         "pairs": pairs,
         "positives": positives,
-        "layers": args.layers,
+        "frozen_layers": args.frozen,
         "epochs": args.epochs,
         "max_tokens": MAX_TOKENS,
         "train_minutes": round(minutes, 1),
         "qed_dev_questions": len(dev),
-        "qed_dev_p_at_1_fp32": round(precision_at_1(args.out / "reader-fp32.onnx", source, dev), 4),
-        "qed_dev_p_at_1_int8": round(precision_at_1(int8, source, dev), 4),
+        "qed_dev_p_at_1_fp32": round(precision_at_1(args.out / "reader-fp32.onnx", dev), 4),
+        "qed_dev_p_at_1_int8": round(precision_at_1(int8, dev), 4),
         "squad_held_out_questions": len(held_out),
-        "squad_held_out_p_at_1_int8": round(precision_at_1(int8, source, held_out), 4),
+        "squad_held_out_p_at_1_int8": round(precision_at_1(int8, held_out), 4),
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))

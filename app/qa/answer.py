@@ -55,8 +55,9 @@ class ExtractiveAnswerer:
         self, snapshot: Snapshot, found: Retrieval, settings: Settings
     ) -> tuple[str, bool, list[Evidence]]:
         """Pick, de-duplicate and order evidence; abstain when none that may answer is strong enough."""
-        usable = [ev for ev in candidates(snapshot, found) if ev.score >= settings.abstain_threshold]
-        if not usable:
+        usable = [ev for ev in candidates(snapshot, found) if answers(ev, settings)]
+        # With the reader on, the best must be a sentence it read; one beyond its budget may only support.
+        if not usable or (settings.read_budget and usable[0].confidence is None):
             return self._abstain(snapshot, found)
         best = usable[0]
         strong = [
@@ -84,14 +85,23 @@ class ExtractiveAnswerer:
         return text, True, closest
 
 
+def answers(ev: Evidence, settings: Settings) -> bool:
+    """Whether a sentence is strong enough to be quoted: its score reaches the abstention threshold and, if
+    the reader read it, its confidence reaches the answer threshold."""
+    if ev.score < settings.abstain_threshold:
+        return False
+    return ev.confidence is None or ev.confidence >= settings.answer_threshold
+
+
 def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence]:
     """The sentences that may answer, in rank order.
 
-    A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can a
-    heading. The rank picks the answer; whether to answer at all rests on the sentences' own evidence,
-    their score (which retrieval has lowered for a sentence the question's names do not frame).
+    A sentence without a value of the asked-for kind (a date for "when") cannot be the answer, nor can the
+    document's title line; any other line (a date line, an address block, a heading) can. The rank picks
+    the answer; whether to answer at all rests on the score and, with the reader on, its confidence (see
+    `answers`).
     """
-    return [ev for ev in found.sentences if ev.offers and not _heading(snapshot, ev)]
+    return [ev for ev in found.sentences if ev.offers and not _title(snapshot, ev)]
 
 
 def render(snapshot: Snapshot, chosen: list[Evidence]) -> str:
@@ -150,20 +160,12 @@ def _open_quote(text: str) -> bool:
     return text.count("“") > text.count("”") or text.count('"') % 2 == 1
 
 
-def _heading(snapshot: Snapshot, ev: Evidence) -> bool:
-    """A title, heading or address line: no closing punctuation and not a list item. It labels, not answers.
-
-    The document's own title is a heading whatever its punctuation, unless it is all the document holds: a
-    one-sentence document's title is taken from that sentence, which labels nothing.
-    """
+def _title(snapshot: Snapshot, ev: Evidence) -> bool:
+    """The document's own title line: it labels, not answers, unless it is all the document holds (a
+    one-sentence document's title is taken from that sentence, which labels nothing)."""
     doc = snapshot.doc_list[ev.doc]
-    text = doc.text
-    sentence = text[ev.start : ev.end].strip()
-    if sentence == doc.title.strip() and sentence != text.strip():
-        return True
-    if re.search(r"""[.!?:;"”’')\]]$""", text[ev.start : ev.end]):
-        return False
-    return not re.search(r"(?:^|\n)[-•*·–—] $", text[max(0, ev.start - 3) : ev.start])
+    sentence = doc.text[ev.start : ev.end].strip()
+    return sentence == doc.title.strip() and sentence != doc.text.strip()
 
 
 def _official(snapshot: Snapshot, ev: Evidence) -> bool:

@@ -1,4 +1,5 @@
-"""The reader: citeqa's own cross-encoder, which scores how well each sentence answers a question.
+"""The reader: a cross-encoder (ms-marco-MiniLM-L-12-v2 fine-tuned by citeqa) that scores how well each
+sentence answers a question, for the rank and for each read sentence's confidence.
 
 Trained by `make reader` (training/train.py) and committed under models/reader/ as an int8 ONNX graph; run by
 ONNX Runtime one pair at a time, over two one-thread sessions for a call that finds the reader idle and on
@@ -30,6 +31,9 @@ MAX_TOKENS = 96
 # The rank of a read sentence: a linear blend of the reader's logit, the hybrid score, whether the question's
 # names leave it unframed, and its chunk's coverage of the question (fitted: models/reader/params.json).
 RANK_WEIGHTS = fitted()["rank_weights"]
+# A read sentence's confidence, the probability that it answers: a logistic blend of the same four features
+# and an intercept (fitted: models/reader/params.json).
+ANSWER_WEIGHTS = fitted()["answer_weights"]
 # Words of a document's title the reader reads before each of its sentences (see reads).
 TITLE_WORDS = 6
 # Sessions a call that finds the reader idle spreads its pairs over, one thread each (Lanes): two cut 8 pairs
@@ -179,11 +183,23 @@ def scored(
     ]
 
 
+def features(ev: Evidence, logit: float) -> dict[str, float]:
+    """What the rank and the confidence weigh: the reader's logit, the hybrid score, whether the question's
+    names leave the sentence unframed, and its chunk's coverage of the question."""
+    return {"reader": logit, "hybrid": ev.score, "frame": float(not ev.framed), "coverage": ev.coverage}
+
+
+def confidence(values: dict[str, float]) -> float:
+    """The probability that a read sentence answers (ANSWER_WEIGHTS over its features)."""
+    z = ANSWER_WEIGHTS["intercept"] + sum(ANSWER_WEIGHTS[name] * v for name, v in values.items())
+    return float(1 / (1 + math.exp(-min(max(z, -50.0), 50.0))))
+
+
 def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: int, floor: float) -> None:
     """Score the sentences `to_read` picks from each retrieval (a coordinated question's parts are read
-    together) and put them first, ranked by the reader (see RANK_WEIGHTS); the others follow in the
-    hybrid rank. Every score stays as retrieval gave it, so a sentence the reader did not see may still join
-    an answer as support or be shown as closest material.
+    together) and put them first, ranked by the reader (see RANK_WEIGHTS), each with its confidence (see
+    ANSWER_WEIGHTS); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
+    sentence the reader did not see may still join an answer as support or be shown as closest material.
 
     `floor` is the abstention threshold: a sentence scoring below it can be neither quoted nor support, so
     where it ranks changes no answer, and it is not read. Each sentence's rank is its own, so leaving it out
@@ -192,12 +208,9 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
     pools = scored(reader, snapshot, founds, budget, floor)
     for found, pool in zip(founds, pools, strict=True):
         for ev, _, logit in pool:
-            ev.rank = float(
-                RANK_WEIGHTS["reader"] * logit
-                + RANK_WEIGHTS["hybrid"] * ev.score
-                + RANK_WEIGHTS["frame"] * (not ev.framed)
-                + RANK_WEIGHTS["coverage"] * ev.coverage
-            )
+            values = features(ev, logit)
+            ev.rank = float(sum(RANK_WEIGHTS[name] * v for name, v in values.items()))
+            ev.confidence = confidence(values)
         read_rows = {ev.row for ev, _, _ in pool}
         found.sentences = sorted((ev for ev, _, _ in pool), key=lambda ev: -ev.rank) + [
             ev for ev in found.sentences if ev.row not in read_rows

@@ -64,6 +64,8 @@ class Evidence:
     coverage: float = 0.0
     # Orders the sentences: the score plus the chunk's share of the query terms (CHUNK_COVERAGE_WEIGHT).
     rank: float = 0.0
+    # The probability that it answers the question, from the reader (app/qa/read.py); None when not read.
+    confidence: float | None = None
 
 
 @dataclass
