@@ -68,7 +68,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     query, ingest = r.get("query", {}), r.get("ingest", {})
     bg = {n: q.get("background_cores") for n, q in query.items()}
     reader = r.get("read_budget", 0) > 0
-    for name, limit in (("seed", 60), ("synth", 80)) if reader else (("seed", 20), ("synth", 40)):
+    for name, limit in (("seed", 60), ("synth", 90)) if reader else (("seed", 20), ("synth", 40)):
         if name in query:
             out.append(
                 _target(
