@@ -101,10 +101,15 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
 
 
 def candidate_examples(
-    snapshot: Snapshot, embedder: Embedder, settings: Settings, items: list[dict[str, Any]]
+    snapshot: Snapshot,
+    embedder: Embedder,
+    settings: Settings,
+    items: list[dict[str, Any]],
+    floor: float = -np.inf,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every evidence candidate of every question (the first `read_budget` that offer the asked-for kind,
-    with no abstention threshold: the rank is fitted on all of them, as the candidate figures count them):
+    """Every evidence candidate of every question (the first `read_budget` that offer the asked-for kind and
+    score at least `floor`: none for the rank, fitted on all of them as the candidate figures count them;
+    the abstention threshold for the confidence, as the answer path reads them):
     (hybrid score, unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for
     an unanswerable question), and the number of its question."""
     from app.qa.read import get_reader, scored
@@ -113,7 +118,7 @@ def candidate_examples(
     rows, labels, question = [], [], []
     for number, item in enumerate(items):
         found = retrieve(snapshot, embedder, item["question"], settings)
-        for ev, text, logit in scored(reader, snapshot, [found], settings.read_budget)[0]:
+        for ev, text, logit in scored(reader, snapshot, [found], settings.read_budget, floor)[0]:
             rows.append((ev.score, float(not ev.framed), logit, ev.coverage))
             labels.append(
                 snapshot.doc_list[ev.doc].doc_id == item["doc_id"] and holds_answer(text, item["answers"])

@@ -235,11 +235,18 @@ def fit_scorer(
     xn, yn, qn = candidate_examples(Store(natural_settings).open(), embedder, natural_settings, natural_items)
     asked = len(answerable) + len(unanswerable)
     both = np.vstack([x, xn]), np.concatenate([y, yn]), np.concatenate([question, qn + asked])
+    # The confidence is fitted on what the answer path reads: the candidates at or above the threshold.
+    floor = settings.abstain_threshold
+    xq, yq, qq = candidate_examples(snapshot, embedder, settings, answerable + unanswerable, floor)
+    xr, yr, qr = candidate_examples(
+        Store(natural_settings).open(), embedder, natural_settings, natural_items, floor
+    )
+    read = np.vstack([xq, xr]), np.concatenate([yq, yr]), np.concatenate([qq, qr + asked])
     return {
         **fit(examples(snapshot, embedder, settings, answerable)),
         **fit_frame(x, y),
         **fit_rank(*both),
-        **fit_answer(*both, (len(answerable), asked), settings.abstain_threshold),
+        **fit_answer(*read, (len(answerable), asked), floor),
     }
 
 

@@ -16,7 +16,7 @@ import yaml
 
 import app.qa.answer
 from app.errors import ModelUnavailable
-from app.qa.answer import ExtractiveAnswerer, ask, candidates
+from app.qa.answer import ExtractiveAnswerer, ask
 from app.qa.expect import sub_questions
 from app.qa.read import (
     IDLE_LANES,
@@ -237,6 +237,9 @@ def test_a_coordinated_question_cites_what_its_parts_cite_alone(
     seed_snapshot, embedder, seed_settings, monkeypatch
 ):
     # Its parts are searched side by side and read together; each part's evidence is what it would be alone.
+    # The confidence is left out: the Kirklees rating's sentence does not name Kirklees, nor does its
+    # document's title, so the reader's confidence turns that part away (docs/answers.md, Abstention).
+    seed_settings = seed_settings.model_copy(update={"answer_threshold": 0.0})
     question = "When was Kirklees rated inadequate, and who became its commissioner?"
     parts = sub_questions(question)
     assert len(parts) == 2
@@ -258,48 +261,39 @@ def test_a_coordinated_question_cites_what_its_parts_cite_alone(
     }
 
 
-def test_sentences_below_the_threshold_are_not_read_and_change_no_answer(
+def test_the_budget_goes_to_sentences_that_may_be_quoted_and_only_read_ones_may_lead(
     seed_snapshot, embedder, seed_settings
 ):
     reader, floor, answerer = get_reader(), seed_settings.abstain_threshold, ExtractiveAnswerer()
-    skipped = mixed = 0
-    # Every budget up to the default: the smaller ones read fewer sentences than may be quoted.
+    skipped = 0
     for budget, question in itertools.product(
         range(1, seed_settings.read_budget + 1),
         [
             "What did inspectors find about Wakefield's front door?",
             "Who leads Kirklees Council?",
             "Why was Wakefield rated inadequate?",
-            "What happened to children at risk?",
+            "Who were the two inspectors?",
             "What is the population of Wakefield?",
         ],
     ):
-        every = retrieve(seed_snapshot, embedder, question, seed_settings)
-        above = retrieve(seed_snapshot, embedder, question, seed_settings)
-        # The first `budget` that offer the asked-for kind are read, less those below the threshold.
-        first = to_read(every, budget)
-        kept = to_read(above, budget, floor)
-        assert kept == [ev for ev in first if ev.score >= floor]
-        skipped += len(first) - len(kept)
-        # Cases where the reader orders two or more that may be quoted while leaving one out.
-        mixed += len(kept) >= 2 and len(kept) < len(first)
-        read(reader, seed_snapshot, [every], budget, -math.inf)
-        read(reader, seed_snapshot, [above], budget, floor)
-        # Those that may be quoted keep their order, so the answer is the one reading all would give.
-        assert [ev.row for ev in candidates(seed_snapshot, every) if ev.score >= floor] == [
-            ev.row for ev in candidates(seed_snapshot, above) if ev.score >= floor
-        ]
-        text, abstained, evidence = answerer.compose(seed_snapshot, every, seed_settings)
-        again = answerer.compose(seed_snapshot, above, seed_settings)
-        assert (text, abstained, [ev.row for ev in evidence]) == (
-            again[0],
-            again[1],
-            [ev.row for ev in again[2]],
-        )
+        found = retrieve(seed_snapshot, embedder, question, seed_settings)
+        quotable = [ev for ev in found.sentences if ev.offers and ev.score >= floor]
+        # The first `budget` that offer the asked-for kind and clear the threshold are read; none below it.
+        assert to_read(found, budget, floor) == quotable[:budget]
+        skipped += sum(ev.score < floor for ev in to_read(found, budget))
+        read(reader, seed_snapshot, [found], budget, floor)
+        assert all((ev.confidence is not None) == (ev in quotable[:budget]) for ev in found.sentences)
+        text, abstained, evidence = answerer.compose(seed_snapshot, found, seed_settings)
+        # An answer is led by a sentence the reader read and found confident enough.
+        if not abstained:
+            assert evidence and any(ev.confidence is not None for ev in evidence)
+            assert all(
+                ev.confidence is None or ev.confidence >= seed_settings.answer_threshold for ev in evidence
+            )
         if budget == seed_settings.read_budget:
-            # The answer path reads with the threshold as its floor, and gives that same answer.
             assert ask(seed_snapshot, embedder, question, seed_settings).answer == text
-    assert skipped > 0 and mixed > 0
+    # Without the floor the budget would have gone to sentences that may not be quoted.
+    assert skipped > 0
 
 
 def test_a_sentences_score_is_the_same_whatever_is_read_with_it():

@@ -152,10 +152,9 @@ def logits(probabilities: np.ndarray) -> np.ndarray:
 
 
 def to_read(found: Retrieval, budget: int, floor: float = -math.inf) -> list[Evidence]:
-    """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind, less those
-    that score below `floor`."""
-    offered = [ev for ev in found.sentences if ev.offers][:budget]
-    return [ev for ev in offered if ev.score >= floor]
+    """The best `budget` sentences by the hybrid rank among those that offer the asked-for kind and score at
+    least `floor`."""
+    return [ev for ev in found.sentences if ev.offers and ev.score >= floor][:budget]
 
 
 def texts_of(snapshot: Snapshot, pool: list[Evidence]) -> list[tuple[str, str]]:
@@ -202,8 +201,7 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
     sentence the reader did not see may still join an answer as support or be shown as closest material.
 
     `floor` is the abstention threshold: a sentence scoring below it can be neither quoted nor support, so
-    where it ranks changes no answer, and it is not read. Each sentence's rank is its own, so leaving it out
-    moves no other; the answers are those of reading all `budget`, at a fraction of the cost."""
+    it is not read and does not take a place in the budget; the budget goes to those that may be quoted."""
     started = time.perf_counter()
     pools = scored(reader, snapshot, founds, budget, floor)
     for found, pool in zip(founds, pools, strict=True):
