@@ -24,9 +24,9 @@ from evals.split import holds_answer
 
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
-# The answer threshold is the highest confidence at which at most this share of the calibration articles'
-# answerable questions abstain, the abstention threshold's share included.
-TARGET_ANSWER_FALSE_ABSTENTION = 0.05
+# The bound on false abstention citeqa aims for on the calibration articles: the abstention threshold
+# (--calibrate) and the answer threshold, the abstention threshold's share included, are set to it.
+TARGET_FALSE_ABSTENTION = 0.05
 # The false-abstention shares at which --fit also reports the abstention it would buy.
 CURVE = (0.05, 0.10, 0.20)
 
@@ -173,7 +173,7 @@ def fit_answer(
         # The highest threshold letting through all but `share` of the answerable questions.
         return float(max(pos[min(len(pos) - 1, int(share * len(pos)))], 1e-6))
 
-    threshold = at(TARGET_ANSWER_FALSE_ABSTENTION)
+    threshold = at(TARGET_FALSE_ABSTENTION)
     names = ("reader", "hybrid", "frame", "coverage", "intercept")
     return {
         "answer_candidates": len(y),

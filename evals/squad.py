@@ -30,6 +30,7 @@ from app.settings import Settings
 from app.store.embed import get_embedder
 from app.store.index import Store
 from evals import metrics
+from evals.fit import TARGET_FALSE_ABSTENTION
 from evals.split import CALIBRATION_ARTICLES, DEV, EVAL_ARTICLES, SQUAD, holds_answer, write_corpus
 from ingest.build import ingest
 
@@ -44,9 +45,6 @@ NATURAL_FIT = DEV.parent / "qed-fit.json"
 NATURAL_SEED = 7
 # The best score of a question with no sentence that may answer (below any evidence score).
 NO_EVIDENCE = -np.inf
-# The abstention threshold is set where this share of the calibration articles' answerable questions
-# abstain (--calibrate): the bound on false abstention citeqa aims for.
-TARGET_FALSE_ABSTENTION = 0.05
 
 
 def run(

@@ -20,7 +20,7 @@ from app.settings import Settings
 from app.store.embed import Embedder
 from app.store.index import Snapshot
 from evals import metrics, report, squad
-from evals.fit import TARGET_ANSWER_FALSE_ABSTENTION, fit, fit_answer, fit_frame, fit_rank
+from evals.fit import TARGET_FALSE_ABSTENTION, fit, fit_answer, fit_frame, fit_rank
 from evals.run import Question, Remote, baseline_from, load_baseline, load_questions, score
 from tests.conftest import ROOT
 
@@ -97,9 +97,9 @@ def test_answer_fit_learns_the_confidence_and_thresholds_false_abstention_on_cal
     assert result["answer_candidates"] == 3200
     assert result["answer_weights"]["reader"] > 1 and abs(result["answer_weights"]["frame"]) < 0.1
     # The threshold holds false abstention to the target and turns most unanswerable questions away.
-    target = f"{TARGET_ANSWER_FALSE_ABSTENTION:.2f}"
+    target = f"{TARGET_FALSE_ABSTENTION:.2f}"
     assert result["answer_curve"][target]["threshold"] == result["answer_threshold"]
-    assert result["answer_curve"][target]["false_abstention"] <= TARGET_ANSWER_FALSE_ABSTENTION
+    assert result["answer_curve"][target]["false_abstention"] <= TARGET_FALSE_ABSTENTION
     assert result["answer_curve"][target]["abstention"] > 0.5
     curve = [result["answer_curve"][k]["abstention"] for k in ("0.05", "0.10", "0.20")]
     assert curve == sorted(curve)

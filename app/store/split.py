@@ -200,7 +200,7 @@ def is_stopword(word: str) -> bool:
 # A line of a block (an address, a letter's addressee or sign-off, a contact list): at most this many words,
 # no sentence end and no bullet or heading mark.
 BLOCK_LINE_WORDS = 8
-_BLOCK_LINE = re.compile(r"^(?![#>*•·–—-] )(?!#)\S.*(?<![.!?:;,])$")
+_BLOCK_LINE = re.compile(r"^(?![>*•·–—-] )(?!#)\S.*(?<![.!?:;,])$")
 
 
 def _block(lines: list[str]) -> bool:
