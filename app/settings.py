@@ -72,10 +72,12 @@ class Settings(BaseSettings):
     # Sentences the reader may score per question, the best by the hybrid rank; 0 leaves the reader out. The
     # best 8 hold an answer sentence for 0.917 of the SQuAD calibration articles' answerable questions.
     read_budget: int = 8
-    # Abstain when no sentence that may answer scores this much (fitted: models/reader/params.json).
+    # A sentence the reader did not read (all of them with the reader off) answers only when it scores this
+    # much (fitted: models/reader/params.json).
     abstain_threshold: float = Field(default_factory=lambda: float(fitted()["abstain_threshold"]))
-    # With the reader on, a sentence may answer only when its confidence (app/qa/read.py) reaches this too
-    # (fitted: models/reader/params.json).
+    # With the reader on, the sentences read are those scoring at least read_floor, and one answers when its
+    # confidence (app/qa/read.py) reaches answer_threshold (both fitted: models/reader/params.json).
+    read_floor: float = Field(default_factory=lambda: float(fitted()["read_floor"]))
     answer_threshold: float = Field(default_factory=lambda: float(fitted()["answer_threshold"]))
 
 

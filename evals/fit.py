@@ -25,7 +25,7 @@ from evals.split import holds_answer
 # Ridge penalty on the standardised weights: enough to keep Newton's steps finite, too little to matter.
 L2 = 1e-2
 # The bound on false abstention citeqa aims for on the calibration articles: the abstention threshold
-# (--calibrate) and the answer threshold, the abstention threshold's share included, are set to it.
+# (--calibrate, the reader off) and the answer threshold, the read floor's share included, are set to it.
 TARGET_FALSE_ABSTENTION = 0.05
 # The false-abstention shares at which --fit also reports the abstention it would buy.
 CURVE = (0.05, 0.10, 0.20)
@@ -109,7 +109,7 @@ def candidate_examples(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every evidence candidate of every question (the first `read_budget` that offer the asked-for kind and
     score at least `floor`: none for the rank, fitted on all of them as the candidate figures count them;
-    the abstention threshold for the confidence, as the answer path reads them):
+    the read floor for the confidence, as the answer path reads them):
     (hybrid score, unframed, reader logit, chunk coverage) rows, whether it holds a gold answer (never, for
     an unanswerable question), and the number of its question."""
     from app.qa.read import get_reader, scored

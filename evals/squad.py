@@ -233,8 +233,8 @@ def fit_scorer(
     xn, yn, qn = candidate_examples(Store(natural_settings).open(), embedder, natural_settings, natural_items)
     asked = len(answerable) + len(unanswerable)
     both = np.vstack([x, xn]), np.concatenate([y, yn]), np.concatenate([question, qn + asked])
-    # The confidence is fitted on what the answer path reads: the candidates at or above the threshold.
-    floor = settings.abstain_threshold
+    # The confidence is fitted on what the answer path reads: the candidates at or above the read floor.
+    floor = settings.read_floor
     xq, yq, qq = candidate_examples(snapshot, embedder, settings, answerable + unanswerable, floor)
     xr, yr, qr = candidate_examples(
         Store(natural_settings).open(), embedder, natural_settings, natural_items, floor

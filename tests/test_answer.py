@@ -238,11 +238,16 @@ def test_sentences_rank_by_chunk_coverage_but_answer_on_their_own_evidence(
     # The rank adds the chunk's coverage (between 0 and 1) to the score; the score is the sentence's own.
     assert all(ev.score <= ev.rank <= ev.score + CHUNK_COVERAGE_WEIGHT + 1e-9 for ev in found.sentences)
     usable = candidates(seed_snapshot, found)
-    # The threshold counts the score alone: nothing below it is ever quoted as an answer.
-    answer = ask(seed_snapshot, embedder, question, seed_settings)
-    if not answer.abstained:
-        assert usable and all(c.score >= seed_settings.abstain_threshold for c in answer.citations)
-    strict = seed_settings.model_copy(update={"abstain_threshold": 10.0})
+    # The thresholds count the score alone: nothing below them is ever quoted as an answer, the reader's
+    # floor with the reader on, the abstention threshold with it off.
+    for settings, floor in (
+        (seed_settings, seed_settings.read_floor),
+        (seed_settings.model_copy(update={"read_budget": 0}), seed_settings.abstain_threshold),
+    ):
+        answer = ask(seed_snapshot, embedder, question, settings)
+        if not answer.abstained:
+            assert usable and all(c.score >= floor for c in answer.citations)
+    strict = seed_settings.model_copy(update={"abstain_threshold": 10.0, "read_floor": 10.0})
     assert ask(seed_snapshot, embedder, question, strict).abstained
 
 

@@ -179,7 +179,7 @@ def test_a_read_sentence_is_quoted_only_when_its_confidence_reaches_the_answer_t
 ):
     question = "How many agency staff had senior managers recruited?"
     found = retrieve(seed_snapshot, embedder, question, seed_settings)
-    read(get_reader(), seed_snapshot, [found], seed_settings.read_budget, seed_settings.abstain_threshold)
+    read(get_reader(), seed_snapshot, [found], seed_settings.read_budget, seed_settings.read_floor)
     text, abstained, evidence = ExtractiveAnswerer().compose(seed_snapshot, found, seed_settings)
     assert not abstained
     read_ones = [ev for ev in evidence if ev.confidence is not None]
@@ -264,10 +264,12 @@ def test_a_coordinated_question_cites_what_its_parts_cite_alone(
 def test_the_budget_goes_to_sentences_that_may_be_quoted_and_only_read_ones_may_lead(
     seed_snapshot, embedder, seed_settings
 ):
-    reader, floor, answerer = get_reader(), seed_settings.abstain_threshold, ExtractiveAnswerer()
+    # A floor as high as the abstention threshold, so that it turns sentences away on these questions.
+    settings = seed_settings.model_copy(update={"read_floor": seed_settings.abstain_threshold})
+    reader, floor, answerer = get_reader(), settings.read_floor, ExtractiveAnswerer()
     skipped = 0
     for budget, question in itertools.product(
-        range(1, seed_settings.read_budget + 1),
+        range(1, settings.read_budget + 1),
         [
             "What did inspectors find about Wakefield's front door?",
             "Who leads Kirklees Council?",
@@ -276,22 +278,20 @@ def test_the_budget_goes_to_sentences_that_may_be_quoted_and_only_read_ones_may_
             "What is the population of Wakefield?",
         ],
     ):
-        found = retrieve(seed_snapshot, embedder, question, seed_settings)
+        found = retrieve(seed_snapshot, embedder, question, settings)
         quotable = [ev for ev in found.sentences if ev.offers and ev.score >= floor]
         # The first `budget` that offer the asked-for kind and clear the threshold are read; none below it.
         assert to_read(found, budget, floor) == quotable[:budget]
         skipped += sum(ev.score < floor for ev in to_read(found, budget))
         read(reader, seed_snapshot, [found], budget, floor)
         assert all((ev.confidence is not None) == (ev in quotable[:budget]) for ev in found.sentences)
-        text, abstained, evidence = answerer.compose(seed_snapshot, found, seed_settings)
+        text, abstained, evidence = answerer.compose(seed_snapshot, found, settings)
         # An answer is led by a sentence the reader read and found confident enough.
         if not abstained:
             assert evidence and any(ev.confidence is not None for ev in evidence)
-            assert all(
-                ev.confidence is None or ev.confidence >= seed_settings.answer_threshold for ev in evidence
-            )
-        if budget == seed_settings.read_budget:
-            assert ask(seed_snapshot, embedder, question, seed_settings).answer == text
+            assert all(ev.confidence is None or ev.confidence >= settings.answer_threshold for ev in evidence)
+        if budget == settings.read_budget:
+            assert ask(seed_snapshot, embedder, question, settings).answer == text
     # Without the floor the budget would have gone to sentences that may not be quoted.
     assert skipped > 0
 
@@ -484,6 +484,8 @@ def test_fitted_values_are_read_from_the_params_file_beside_the_reader(monkeypat
         "dense_weight": retrieve_module.DENSE_WEIGHT,
         "lexical_weight": retrieve_module.LEXICAL_WEIGHT,
         "abstain_threshold": Settings().abstain_threshold,
+        "read_floor": Settings().read_floor,
+        "answer_threshold": Settings().answer_threshold,
     }
     assert loaded == {name: params[name] for name in loaded}
     monkeypatch.setenv("CITEQA_ABSTAIN_THRESHOLD", "0.5")

@@ -61,9 +61,9 @@ LR = 3e-5
 WARMUP = 0.06
 DEV_QUESTIONS = 400
 # Answerable questions trained on, drawn at random from all of them (about 20,000), each with its pairs;
-# every unanswerable one (about 3,500) joins them. Sized so that mining and one epoch finish in about an
-# hour on a 2-core CPU.
-QUESTIONS = 3_000
+# every unanswerable one (about 3,500) joins them: about 40,000 pairs, mined and trained in about 40 minutes on a
+# 2-core CPU (models/reader/README.md has what each size bought).
+QUESTIONS = 6_000
 
 
 @dataclass

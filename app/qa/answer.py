@@ -38,7 +38,7 @@ class Answerer(Protocol):
     """Turns retrieved evidence into an answer; the seam for an optional generative answerer.
 
     With the reader on, `found.sentences` arrive with the read ones first, in the reader's rank; only those
-    scoring at least the abstention threshold are read (app/qa/read.py, read), and the others follow in the
+    scoring at least the read floor are read (app/qa/read.py, read), and the others follow in the
     hybrid rank."""
 
     def compose(
@@ -86,11 +86,12 @@ class ExtractiveAnswerer:
 
 
 def answers(ev: Evidence, settings: Settings) -> bool:
-    """Whether a sentence is strong enough to be quoted: its score reaches the abstention threshold and, if
-    the reader read it, its confidence reaches the answer threshold."""
-    if ev.score < settings.abstain_threshold:
-        return False
-    return ev.confidence is None or ev.confidence >= settings.answer_threshold
+    """Whether a sentence is strong enough to be quoted: one the reader read when its confidence reaches the
+    answer threshold (it was read because it scored at least the read floor), any other when its score
+    reaches the abstention threshold."""
+    if ev.confidence is None:
+        return ev.score >= settings.abstain_threshold
+    return ev.score >= settings.read_floor and ev.confidence >= settings.answer_threshold
 
 
 def candidates(snapshot: Snapshot, found: Retrieval) -> list[Evidence]:
@@ -275,7 +276,7 @@ def ask(
             snapshot,
             founds,
             settings.read_budget,
-            settings.abstain_threshold,
+            settings.read_floor,
         )
     t = time.perf_counter()
     results = [answerer.compose(snapshot, found, settings) for found in founds]

@@ -86,7 +86,7 @@ class Reader:
 
         Each pair runs alone: the int8 graph quantises its activations over the whole batch, so batched
         with others (and their padding) a pair's logit moved by up to 0.4, and a sentence's rank depended on
-        which others were read with it. For the one or two pairs a question has above the abstention threshold
+        which others were read with it. For the one or two pairs a question has above a high floor
         (see read) it costs what groups did; 8, spread over two sessions, cost about a quarter less."""
         # A pair given twice (one sentence in two documents whose titles start alike) is run once.
         slot: dict[tuple[str, str], int] = {}
@@ -200,7 +200,7 @@ def read(reader: Reader, snapshot: Snapshot, founds: list[Retrieval], budget: in
     ANSWER_WEIGHTS); the others follow in the hybrid rank. Every score stays as retrieval gave it, so a
     sentence the reader did not see may still join an answer as support or be shown as closest material.
 
-    `floor` is the abstention threshold: a sentence scoring below it can be neither quoted nor support, so
+    `floor` is the read floor (Settings.read_floor): a sentence scoring below it may not be quoted, so
     it is not read and does not take a place in the budget; the budget goes to those that may be quoted."""
     started = time.perf_counter()
     pools = scored(reader, snapshot, founds, budget, floor)
