@@ -52,11 +52,29 @@ def score(reader, question, sentences):
     return reader.score([(question, sentence) for sentence in sentences])
 
 
+def assert_one_scale_per_output_channel(model_file):
+    """Every int8 MatMul weight of the graph carries a zero point (and scale) per output column: one per
+    tensor cost 5 points of in-paragraph precision on QED dev (models/reader/README.md)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_file)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantised = [(inits[n.input[1]], inits[n.input[3]]) for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(quantised) >= 6 * 12, "the 12 layers' 6 weight matrices each are quantised"
+    for weight, zero_point in quantised:
+        assert zero_point.shape == (weight.shape[1],)
+
+
 def test_model_card_states_the_committed_files_checksum():
     card = (MODEL_DIR / "README.md").read_text(encoding="utf-8")
     stated = re.search(r"sha256 of `reader\.onnx` \| `([0-9a-f]{64})`", card)
     assert stated, "the model card must state reader.onnx's sha256"
     assert hashlib.sha256((MODEL_DIR / "reader.onnx").read_bytes()).hexdigest() == stated.group(1)
+
+
+def test_committed_model_has_one_int8_scale_per_output_channel():
+    assert_one_scale_per_output_channel(MODEL_DIR / "reader.onnx")
 
 
 def test_committed_model_ranks_the_answer_above_a_distractor():
@@ -459,6 +477,7 @@ def test_training_runs_end_to_end_on_a_tiny_sample(tmp_path):
     reader = Reader(model, tmp_path / "tokenizer.json")
     scores = score(reader, "Who wrote it?", ["A sentence.", "Another, longer sentence about a book."])
     assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert_one_scale_per_output_channel(model)
 
 
 def test_training_data_is_recorded_in_the_card():
