@@ -19,6 +19,18 @@ def _integral(value: object) -> object:
 WholeNumber = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
+def _numeric(value: object) -> object:
+    """Refuse what JSON Schema's number is not (true, "5"), which pydantic's lax mode would convert."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a number")
+    return value
+
+
+# Numbers a client sends back (POST /briefing's answers): the server's own values, numpy's included, pass.
+Number = Annotated[float, BeforeValidator(_numeric)]
+Offset = Annotated[int, BeforeValidator(_numeric)]
+
+
 class Message(BaseModel):
     """One turn of a conversation."""
 
@@ -29,16 +41,16 @@ class Message(BaseModel):
 class Citation(BaseModel):
     """A verbatim quote: `document.text[start:end] == quote`."""
 
-    n: int
+    n: Offset
     doc_id: str
     title: str
     source: str
     published: str
     url: str
     quote: str
-    start: int
-    end: int
-    score: float
+    start: Offset
+    end: Offset
+    score: Number
 
 
 class Answer(BaseModel):
@@ -49,7 +61,7 @@ class Answer(BaseModel):
     abstained: bool
     citations: list[Citation]
     query: str
-    timings_ms: dict[str, float] = Field(default_factory=dict)
+    timings_ms: dict[str, Number] = Field(default_factory=dict)
 
 
 class Passage(BaseModel):

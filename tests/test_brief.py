@@ -275,6 +275,28 @@ def test_a_citation_that_does_not_match_the_index_is_refused(
         assert_bad(brief(client, items, fmt), 422, *words)
 
 
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("timings_ms", {"read": False}),
+        ("timings_ms", {"read": "1.5"}),
+        ("score", True),
+        ("start", "0"),
+        ("n", True),
+    ],
+)
+def test_a_number_sent_as_a_boolean_or_a_string_is_refused(
+    client: TestClient, visit: dict[str, Any], where: str, value: Any
+) -> None:
+    # The schema says number; pydantic's lax mode would take true as 1 and "1.5" as 1.5.
+    answer = copy.deepcopy(visit)
+    if where == "timings_ms":
+        answer["timings_ms"] = value
+    else:
+        answer["citations"][0][where] = value
+    assert_bad(brief(client, [{"question": VISIT, "answer": answer}]), 422, "items", where)
+
+
 def test_an_edited_statement_or_marker_is_refused(client: TestClient, visit: dict[str, Any]) -> None:
     reworded = copy.deepcopy(visit)
     reworded["answer"] = reworded["answer"].replace("focused visit", "friendly visit", 1)
